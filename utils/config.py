@@ -1,0 +1,203 @@
+"""YAML configuration: defaults, experiment files, `key=value` overrides, strict keys and types."""
+
+import copy
+import difflib
+import os
+
+import yaml
+from easydict import EasyDict
+
+from utils.errors import MetaPoseError
+
+DEFAULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaults.yaml")
+
+# Keys whose default is null: the type a non-null value must have.
+NULLABLE_TYPES = {
+    "data.cache_dir": str,
+    "model.image_encoder.pretrained": str,
+    "model.image_encoder.width": int,
+    "model.text_encoder.pretrained": str,
+    "model.text_encoder.width": int,
+    "model.text_encoder.layers": int,
+    "train.clip_grad": float,
+}
+
+CHOICES = {
+    "data.image_mode": ("auto", "cropped", "full"),
+    "data.keypoints_2d": ("cpn", "gt"),
+    "model.image_encoder.type": ("hrnet_32", "hrnet_48"),
+    "model.text_encoder.type": ("ViT-B/32", "ViT-L/14"),
+    "model.text_encoder.mode": ("joint", "joint_action"),
+    "speed.amp": ("none", "bf16", "fp16"),
+}
+
+BASE_KEY = "_base_"
+
+
+def _read_yaml(path):
+    if not os.path.isfile(path):
+        raise MetaPoseError(
+            f"config file '{path}' does not exist. Pass an existing YAML file with --config, "
+            "for example experiments/synthetic/demo.yaml or experiments/human36m/human36m.yaml.")
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            content = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise MetaPoseError(f"config file '{path}' is not valid YAML{where}: {problem}. "
+                            "Fix the syntax there (indentation, colons, quotes).") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise MetaPoseError(f"config file '{path}' cannot be read ({error}).") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise MetaPoseError(f"config file '{path}' must hold a mapping of keys at the top level, "
+                            f"found {type(content).__name__}.")
+    return content
+
+
+def _load_with_bases(path, seen=()):
+    """Reads `path`, first merging the file named by its `_base_` key (relative to it)."""
+    path = os.path.abspath(path)
+    if path in seen:
+        raise MetaPoseError(f"config file '{path}' includes itself through '{BASE_KEY}'.")
+    content = _read_yaml(path)
+    base = content.pop(BASE_KEY, None)
+    if base is None:
+        return [(path, content)]
+    base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
+    return _load_with_bases(base_path, seen + (path,)) + [(path, content)]
+
+
+def _type_name(value_type):
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list", dict: "a mapping"}.get(value_type, value_type.__name__)
+
+
+def _check_value(key, value, default, source):
+    """Returns `value` converted to the type of `default`, or raises naming the key and file."""
+    if value is None:
+        if default is None or key in NULLABLE_TYPES:
+            return None
+        raise MetaPoseError(f"'{key}' in {source} is null but must be {_type_name(type(default))} "
+                            f"(default: {default!r}).")
+    expected = NULLABLE_TYPES.get(key, type(default)) if default is None else type(default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is float and isinstance(value, str):
+        try:  # YAML reads 1e-3 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if not ok:
+        raise MetaPoseError(f"'{key}' in {source} is {value!r} ({type(value).__name__}) but must be "
+                            f"{_type_name(expected)} (default: {default!r}).")
+    if isinstance(default, list) and default and len(value) != len(default):
+        raise MetaPoseError(f"'{key}' in {source} has {len(value)} entries but must have "
+                            f"{len(default)} (default: {default!r}).")
+    choices = CHOICES.get(key)
+    if choices is not None and value not in choices:
+        raise MetaPoseError(f"'{key}' in {source} is {value!r}; valid values are "
+                            f"{', '.join(map(repr, choices))}.")
+    return value
+
+
+def _all_keys(tree, prefix=""):
+    for name, value in tree.items():
+        yield prefix + name
+        if isinstance(value, dict):
+            yield from _all_keys(value, prefix + name + ".")
+
+
+def _unknown_key_error(key, defaults, source):
+    valid = list(_all_keys(defaults))
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if not close:  # a mistyped leaf under the right section: compare leaf names
+        leaf = key.rsplit(".", 1)[-1]
+        leaves = {k.rsplit(".", 1)[-1]: k for k in valid}
+        hits = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+        close = [leaves[hits[0]]] if hits else []
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return MetaPoseError(f"unknown config key '{key}' in {source}.{hint} "
+                         "Every valid key is listed with its meaning in utils/defaults.yaml.")
+
+
+def _merge(target, update, defaults, source, prefix=""):
+    for name, value in update.items():
+        key = prefix + str(name)
+        if name not in defaults:
+            raise _unknown_key_error(key, _DEFAULTS_CACHE, source)
+        default = defaults[name]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise MetaPoseError(f"'{key}' in {source} must be a mapping of sub-keys "
+                                    f"({', '.join(default)}), found {value!r}.")
+            _merge(target[name], value, default, source, key + ".")
+        else:
+            target[name] = _check_value(key, value, default, source)
+
+
+def _parse_override(text):
+    if "=" not in text:
+        raise MetaPoseError(f"override '{text}' must have the form dotted.key=value, "
+                            "for example train.epochs=5.")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    tree = {}
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+_DEFAULTS_CACHE = _read_yaml(DEFAULTS_PATH)
+
+
+def default_config():
+    """The defaults alone, as an attribute dictionary."""
+    return EasyDict(copy.deepcopy(_DEFAULTS_CACHE))
+
+
+def load_config(path, overrides=()):
+    """Merges the YAML at `path` (and its `_base_` chain) and `overrides` over the defaults.
+
+    Args:
+        path: experiment YAML file; `None` uses the defaults alone.
+        overrides: iterable of "dotted.key=value" strings, values parsed as YAML.
+    Returns:
+        EasyDict with attribute access, e.g. `config.model.image_encoder.type`.
+    Raises:
+        MetaPoseError naming the file and key for a missing file, bad YAML, an unknown key
+        (with the closest valid key) or a value of the wrong type.
+    """
+    merged = copy.deepcopy(_DEFAULTS_CACHE)
+    if path is not None:
+        for file_path, content in _load_with_bases(path):
+            _merge(merged, content, _DEFAULTS_CACHE, f"'{file_path}'")
+    for text in overrides:
+        _merge(merged, _parse_override(text), _DEFAULTS_CACHE, f"command-line override '{text}'")
+    config = EasyDict(merged)
+    config["config_path"] = os.path.abspath(path) if path is not None else None
+    return config
+
+
+def config_to_yaml(config):
+    """The resolved config as YAML text (for the run directory)."""
+    plain = {k: v for k, v in _to_plain(config).items() if k != "config_path"}
+    return yaml.safe_dump(plain, sort_keys=False)
+
+
+def _to_plain(value):
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value

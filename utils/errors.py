@@ -1,0 +1,9 @@
+"""The one exception type that user-facing programs turn into a short message and a non-zero exit."""
+
+
+class MetaPoseError(Exception):
+    """A problem with the user's input (config, data, checkpoint, files), not a bug.
+
+    The message must name the file, key or value at fault and say what to do; entry points
+    print it as one paragraph without a traceback and exit with status 2.
+    """
