@@ -1,0 +1,141 @@
+"""Draws a few validation frames with a checkpoint's 3D predictions next to the ground truth.
+
+Usage:
+    python tools/visualize.py --config FILE --checkpoint FILE --out out.png [--num 4]
+        [--split validation] [--device cpu] [key=value ...]
+"""
+
+import argparse
+import os
+import pickle
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import default_collate  # noqa: E402
+
+from utils.cli import run_cli  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.errors import MetaPoseError  # noqa: E402
+from utils.skeleton import ACTION_NAMES  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="experiment YAML the checkpoint was trained with")
+    parser.add_argument("--checkpoint", required=True,
+                        help="engine checkpoint (dict with 'model') or a raw model state_dict")
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--num", type=int, default=4, help="frames to draw, evenly spaced over the split")
+    parser.add_argument("--split", default="validation", choices=("validation", "train"))
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("overrides", nargs="*", help="config overrides, dotted.key=value")
+    return parser.parse_args(argv)
+
+
+def load_model_state(path):
+    """The model state_dict from an engine checkpoint ({'model': ...}) or a raw state_dict."""
+    if not os.path.isfile(path):
+        raise MetaPoseError(f"checkpoint '{path}' does not exist. Pass the file written by training "
+                            "(for example <logdir>/<run>/checkpoints/best.pt) with --checkpoint.")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MetaPoseError(f"checkpoint '{path}' cannot be loaded as tensors only ({first_line}). "
+                            "It must be a PyTorch file holding a state_dict or a dict with a "
+                            "'model' state_dict, as saved by train.py.") from None
+    state = content.get("model", content) if isinstance(content, dict) else None
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(value, torch.Tensor) for value in state.values()):
+        raise MetaPoseError(f"checkpoint '{path}' holds neither a model state_dict nor a dict with "
+                            "a 'model' state_dict; pass a checkpoint written by train.py.")
+    # Weights saved from a DistributedDataParallel wrapper carry a 'module.' prefix.
+    if all(key.startswith("module.") for key in state):
+        state = {key[len("module."):]: value for key, value in state.items()}
+    return state
+
+
+def load_weights(model, state, path):
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        detail = " ".join(str(error).split())[:400]
+        raise MetaPoseError(f"checkpoint '{path}' does not fit the model built from the config "
+                            f"({detail}). Use the config (and overrides) the checkpoint was "
+                            "trained with.") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise MetaPoseError(
+            f"checkpoint '{path}' does not fit the model built from the config: "
+            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}) and "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]}). "
+            "Use the config (and overrides) the checkpoint was trained with.")
+
+
+def sample_title(sample):
+    action = ACTION_NAMES.get(int(sample["action"]), f"action {int(sample['action'])}")
+    parts = [action]
+    if "subject" in sample:
+        parts.append(f"S{int(sample['subject'])}")
+    if "index" in sample:
+        parts.append(f"#{int(sample['index'])}")
+    return " ".join(parts)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.num < 1:
+        raise MetaPoseError(f"--num is {args.num}; it must be at least 1.")
+    config = load_config(args.config, args.overrides)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MetaPoseError(f"--device {args.device} was asked for but CUDA is not available; "
+                            "use --device cpu.")
+
+    state = load_model_state(args.checkpoint)
+
+    # Imported here: they are heavy, and input errors should not wait for them.
+    from datasets import build_dataset
+    from engine import predict, prepare_batch
+    from models import build_model
+    from utils.visualization import save_samples_png
+
+    model = build_model(config)
+    load_weights(model, state, args.checkpoint)
+    model.to(device).eval()
+
+    dataset = build_dataset(config, args.split)
+    if len(dataset) == 0:
+        raise MetaPoseError(f"the {args.split} split of '{config.data.root}' has no frames to draw.")
+    count = min(args.num, len(dataset))
+    indices = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int))
+    # Training samples may carry a random-flip flag: drop it, so the frame is drawn as stored.
+    samples = [{key: value for key, value in dataset[int(i)].items() if key != "flip"}
+               for i in indices]
+    with torch.no_grad():  # the evaluation path: same normalisation, flip test and precision
+        inputs = prepare_batch(default_collate(samples), device)
+        pose = predict(model, inputs, config.eval.flip_test, amp=config.speed.amp).float().cpu()
+
+    drawings = []
+    for sample, pred in zip(samples, pose):
+        image = sample["image"]
+        drawings.append({
+            "image": image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else image,
+            "keypoints_crop": sample["keypoints_2d_crop"],
+            "pred_3d": pred,
+            "gt_3d": sample["joints_3d"],
+            "title": sample_title(sample),
+        })
+    try:
+        save_samples_png(args.out, drawings)
+    except OSError as error:
+        raise MetaPoseError(f"cannot write '{args.out}' ({error.strerror or error}); "
+                            "pass a writable path with --out.") from None
+    print(f"wrote {len(drawings)} frames to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,168 @@
+"""H36M evaluation metrics: Protocol #1 (MPJPE), Protocol #2 (P-MPJPE) and per-action averaging."""
+
+import math
+
+import torch
+
+from utils.skeleton import ACTION_IDS, ACTION_NAMES, FIRST_ACTION_ID, NUM_ACTIONS
+
+
+def mpjpe(pred, target):
+    """Protocol #1, MPJPE: the mean Euclidean distance between matching joints of each frame.
+
+    Args:
+        pred: (B, 17, 3) predicted joints (any units, usually root-relative metres).
+        target: (B, 17, 3) ground-truth joints in the same units and frame.
+    Returns:
+        (B,) per-frame mean joint error, in the units of the input.
+    """
+    return torch.linalg.vector_norm(pred - target, dim=-1).mean(dim=-1)
+
+
+def procrustes_align(pred, target):
+    """Aligns each predicted frame to its target with the best similarity transform.
+
+    Solves, per frame, min over scale s > 0, proper rotation R (det R = +1, no reflection) and
+    translation t of || s * pred @ R + t - target ||_F (orthogonal Procrustes with the
+    reflection removed by flipping the sign of the smallest singular direction when the
+    determinant is negative). Computed in float64 with a batched SVD.
+
+    Args:
+        pred: (B, 17, 3) predicted joints.
+        target: (B, 17, 3) ground-truth joints in the same units.
+    Returns:
+        (B, 17, 3) aligned prediction, float64.
+    """
+    pred = pred.double()
+    target = target.double()
+    pred_mean = pred.mean(dim=-2, keepdim=True)
+    target_mean = target.mean(dim=-2, keepdim=True)
+    pred_centred = pred - pred_mean                                   # (B, 17, 3)
+    target_centred = target - target_mean                             # (B, 17, 3)
+
+    covariance = pred_centred.transpose(-1, -2) @ target_centred     # (B, 3, 3)
+    u, singular, vh = torch.linalg.svd(covariance)                    # covariance = u diag(s) vh
+    # det(u @ vh) is -1 when the best orthogonal map is a reflection: flip the last direction.
+    sign = torch.sign(torch.linalg.det(u @ vh))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    correction = torch.ones_like(singular)                            # (B, 3)
+    correction[:, -1] = sign
+    rotation = (u * correction.unsqueeze(-2)) @ vh                    # (B, 3, 3), det = +1
+
+    pred_energy = pred_centred.square().sum(dim=(-2, -1)).clamp_min(1e-30)   # (B,)
+    scale = (singular * correction).sum(dim=-1) / pred_energy                 # (B,)
+    aligned = scale.view(-1, 1, 1) * (pred_centred @ rotation) + target_mean
+    return aligned
+
+
+def p_mpjpe(pred, target):
+    """Protocol #2, P-MPJPE: MPJPE after per-frame similarity Procrustes alignment.
+
+    Each predicted frame is scaled, rotated (proper rotation only; reflections are not allowed)
+    and translated to best fit its ground truth, then Protocol #1 is applied.
+
+    Args:
+        pred: (B, 17, 3) predicted joints.
+        target: (B, 17, 3) ground-truth joints in the same units.
+    Returns:
+        (B,) per-frame error in the units of the input (float64).
+    """
+    return mpjpe(procrustes_align(pred, target), target.double())
+
+
+class ActionErrorAccumulator:
+    """Sums Protocol #1 and #2 errors (millimetres) per H36M action over an evaluation.
+
+    The running state is one float64 tensor (3, 15): rows are the P1 sum, the P2 sum and the
+    frame count, columns the actions 2..16 (sub-actions merged). States of several processes
+    combine by summation, so the engine all-reduces `state()` (SUM) and calls `load_state`
+    with the result; every frame then counts exactly once overall.
+    """
+
+    def __init__(self, device="cpu"):
+        self._state = torch.zeros(3, NUM_ACTIONS, dtype=torch.float64, device=device)
+
+    def update(self, pred, target, actions):
+        """Adds a batch.
+
+        Args:
+            pred: (B, 17, 3) predicted root-relative joints, metres.
+            target: (B, 17, 3) ground-truth root-relative joints, metres.
+            actions: (B,) int H36M action ids 2..16.
+        """
+        self.add_errors(mpjpe(pred.double(), target.double()) * 1000.0,
+                        p_mpjpe(pred, target) * 1000.0, actions)
+
+    def add_errors(self, p1_mm, p2_mm, actions):
+        """Adds per-frame errors: p1_mm, p2_mm (B,) millimetres; actions (B,) ids 2..16."""
+        actions = torch.as_tensor(actions, device=self._state.device).long().reshape(-1)
+        if actions.numel() == 0:
+            return
+        low, high = int(actions.min()), int(actions.max())
+        if low < FIRST_ACTION_ID or high >= FIRST_ACTION_ID + NUM_ACTIONS:
+            raise ValueError(f"action ids must lie in {ACTION_IDS[0]}..{ACTION_IDS[-1]}, "
+                             f"got values in {low}..{high}")
+        columns = actions - FIRST_ACTION_ID
+        values = torch.stack([
+            p1_mm.detach().to(self._state).reshape(-1),
+            p2_mm.detach().to(self._state).reshape(-1),
+            torch.ones_like(columns, dtype=self._state.dtype),
+        ])                                                            # (3, B)
+        self._state.index_add_(1, columns, values)
+
+    def state(self):
+        """A copy of the running sums, float64 (3, 15) on the accumulator's device."""
+        return self._state.clone()
+
+    def load_state(self, state):
+        """Replaces the running sums, e.g. with the all-reduced sum over processes."""
+        self._state = state.detach().to(self._state).clone()
+
+    def merge(self, state):
+        """Adds another accumulator's `state()` to this one."""
+        self._state += state.detach().to(self._state)
+
+    def reset(self):
+        self._state.zero_()
+
+    def summary(self):
+        """The evaluation result, errors in millimetres.
+
+        Returns:
+            {"p1", "p2", "frames", "per_action": {name: {"p1", "p2", "frames"}}}: per-action
+            values are means over that action's frames; "p1"/"p2" are the means of the
+            per-action means over the actions present (the H36M "Average" over 15 actions),
+            not the mean over frames; "frames" is the total count. NaN errors when empty.
+        """
+        sums = self._state.cpu()
+        per_action = {}
+        for column, action_id in enumerate(ACTION_IDS):
+            frames = int(round(float(sums[2, column])))
+            if frames == 0:
+                continue
+            per_action[ACTION_NAMES[action_id]] = {
+                "p1": float(sums[0, column]) / frames,
+                "p2": float(sums[1, column]) / frames,
+                "frames": frames,
+            }
+        if per_action:
+            p1 = sum(v["p1"] for v in per_action.values()) / len(per_action)
+            p2 = sum(v["p2"] for v in per_action.values()) / len(per_action)
+        else:
+            p1 = p2 = math.nan
+        frames = sum(v["frames"] for v in per_action.values())
+        return {"p1": p1, "p2": p2, "frames": frames, "per_action": per_action}
+
+
+def format_table(summary):
+    """A per-action text table (action, frames, P1 mm, P2 mm) ending with the Average row."""
+    width = max([len("Average")] + [len(name) for name in summary["per_action"]])
+    header = f"{'Action':<{width}}  {'Frames':>8}  {'P1 (mm)':>8}  {'P2 (mm)':>8}"
+    lines = [header, "-" * len(header)]
+    for name, values in summary["per_action"].items():
+        lines.append(f"{name:<{width}}  {values['frames']:>8d}  {values['p1']:>8.2f}  "
+                     f"{values['p2']:>8.2f}")
+    lines.append("-" * len(header))
+    lines.append(f"{'Average':<{width}}  {summary['frames']:>8d}  {summary['p1']:>8.2f}  "
+                 f"{summary['p2']:>8.2f}")
+    return "\n".join(lines)
