@@ -1,0 +1,130 @@
+"""DataLoader worker memory with the columnar label cache versus a list of dicts (DESIGN 1.1).
+
+Writes a synthetic label pickle of --frames entries, then iterates a DataLoader with --workers
+workers over (a) H36MDataset on the memory-mapped columns and (b) a naive dataset holding the
+unpickled list of dicts, and prints each worker's RSS / USS / PSS (MB) after the first batch and
+at the end. Images are blank so only the labels are measured.
+
+    python -m benchmarks.data_memory --frames 100000 --workers 2
+"""
+
+import argparse
+import os
+import pickle
+import tempfile
+import time
+
+import numpy as np
+import psutil
+import torch
+
+from datasets.h36m import H36MDataset
+from datasets.labels import _return_freed_memory, load_labels
+
+
+def _write_pickle(path, frames, seed=0):
+    rng = np.random.default_rng(seed)
+    joints_3d = rng.normal(0, 0.3, size=(frames, 17, 3)) + np.array([0, 0, 5.0])
+    joints_2d = rng.normal(0, 0.5, size=(frames, 4, 17, 2))
+    camera = {"R": np.eye(3), "T": np.zeros((3, 1)), "fx": 1145.0, "fy": 1144.0, "cx": 512.5,
+              "cy": 515.4, "k": np.zeros((3, 1)), "p": np.zeros((2, 1))}
+    entries = []
+    for i in range(frames):
+        folder = f"s_01_act_{2 + i % 15:02d}_subact_01_ca_{1 + i % 4:02d}"
+        entries.append({
+            "image": f"{folder}/{folder}_{i + 1:06d}.jpg", "joints_3d": joints_3d[i].copy(),
+            "joints_2d_gt": joints_2d[i, 0].copy(), "joints_2d_cpn": joints_2d[i, 1].copy(),
+            "joints_2d_gt_crop": joints_2d[i, 2].copy(),
+            "joints_2d_cpn_crop": joints_2d[i, 3].copy(), "joints_vis": np.ones((17, 3)),
+            "subject": 1, "action": 2 + i % 15, "subaction": 1, "camera_id": i % 4,
+            "image_id": i + 1, "video_id": 0, "camera": dict(camera),
+            "center": np.array([500.0, 500.0]), "scale": np.array([2.0, 2.0]),
+            "box": np.array([300.0, 300, 700, 700]), "source": "h36m", "nposes": frames,
+        })
+    with open(path, "wb") as handle:
+        pickle.dump(entries, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class _ListOfDicts(torch.utils.data.Dataset):
+    """The naive alternative: the unpickled entries held by every worker."""
+
+    def __init__(self, entries):
+        self.entries = entries
+
+    def __len__(self):
+        return len(self.entries)
+
+    def __getitem__(self, index):
+        entry = self.entries[index]
+        joints = entry["joints_3d"] - entry["joints_3d"][:1]
+        return {"joints_3d": torch.from_numpy(joints.astype(np.float32)),
+                "keypoints_2d": torch.from_numpy(entry["joints_2d_cpn"].astype(np.float32)),
+                "action": entry["action"], "image": torch.zeros(3, 8, 6, dtype=torch.uint8)}
+
+
+def _worker_memory():
+    rows = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            info = child.memory_full_info()
+        except psutil.Error:
+            continue
+        rows.append((child.pid, info.rss / 2**20, info.uss / 2**20, info.pss / 2**20))
+    return rows
+
+
+def _measure(name, dataset, workers, batch_size):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                         num_workers=workers, persistent_workers=False)
+    start, end = None, None
+    began = time.perf_counter()
+    for step, _ in enumerate(loader):
+        if step == 0:
+            start = _worker_memory()
+        end = _worker_memory() if step % 20 == 0 else end
+    end = _worker_memory() or end
+    seconds = time.perf_counter() - began
+    print(f"{name}: {len(dataset)} frames, {seconds:.1f} s")
+    for (pid, rss0, uss0, pss0), (_, rss1, uss1, pss1) in zip(start, end):
+        print(f"  worker {pid}: RSS {rss0:7.1f} -> {rss1:7.1f} MB   USS {uss0:7.1f} -> "
+              f"{uss1:7.1f} MB   PSS {pss0:7.1f} -> {pss1:7.1f} MB")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=100000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--skip-baseline", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "h36m_train.pkl")
+        _write_pickle(path, args.frames)
+        _return_freed_memory()  # the generated entries, so the numbers below are the loader's
+        rss_mb = psutil.Process().memory_info().rss / 2**20
+        print(f"main process RSS before loading {rss_mb:.0f} MB")
+        began = time.perf_counter()
+        labels = load_labels(path)
+        first = time.perf_counter() - began
+        began = time.perf_counter()
+        labels = load_labels(path)
+        cached = time.perf_counter() - began
+        cache = [name for name in os.listdir(folder) if ".columns-" in name][0]
+        size = sum(os.path.getsize(os.path.join(folder, cache, f))
+                   for f in os.listdir(os.path.join(folder, cache)))
+        print(f"pickle {os.path.getsize(path) / 1e6:.1f} MB; first load {first:.2f} s, cached "
+              f"load {cached * 1e3:.1f} ms; cache {size / 1e6:.1f} MB")
+        print(f"main process RSS after loading {psutil.Process().memory_info().rss / 2**20:.0f} MB")
+        dataset = H36MDataset(labels, os.path.join(folder, "images"), image_size=(8, 6),
+                              blank_images=True, train=True)
+        _measure("columnar (memory-mapped)", dataset, args.workers, args.batch)
+        if not args.skip_baseline:
+            with open(path, "rb") as handle:
+                entries = pickle.load(handle)
+            print(f"main process RSS with the list of dicts "
+                  f"{psutil.Process().memory_info().rss / 2**20:.0f} MB")
+            _measure("list of dicts", _ListOfDicts(entries), args.workers, args.batch)
+
+
+if __name__ == "__main__":
+    main()

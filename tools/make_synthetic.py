@@ -1,0 +1,65 @@
+"""Command line for datasets.synthetic: writes a synthetic H36M set (labels + JPEGs) to a folder.
+
+    python tools/make_synthetic.py --out data/synthetic --train-frames 2000 --val-frames 500 \
+        --seed 0
+    python tools/make_synthetic.py --out data/synthetic_full ... --full-frames   # 1000x1002 frames
+
+Writes OUT/h36m_train.pkl, OUT/h36m_validation.pkl and OUT/images/<sequence>/<sequence>_<frame>.jpg
+in the format of the real data (DESIGN 1.1); point data.root at OUT to train on it.
+"""
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from datasets.synthetic import generate_synthetic  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Write a synthetic H36M data set (label pickles and JPEG images in the real "
+                    "format) for running MetaPose without the real data.")
+    parser.add_argument("--out", required=True, help="output folder (created if missing)")
+    parser.add_argument("--train-frames", type=_positive_int, default=2000,
+                        help="training entries, subjects 1,5,6,7,8 (default 2000)")
+    parser.add_argument("--val-frames", type=_positive_int, default=500,
+                        help="validation entries, subjects 9,11 (default 500)")
+    parser.add_argument("--seed", type=_seed, default=0,
+                        help="random seed; the same arguments give identical files (default 0)")
+    parser.add_argument("--full-frames", action="store_true",
+                        help="write full 1000x1002 frames instead of 256x192 person crops")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    generate_synthetic(args.out, args.train_frames, args.val_frames, args.seed,
+                       full_frames=args.full_frames)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
