@@ -1,6 +1,17 @@
 """Shared pytest fixtures (keep each one small and distinctly named)."""
 
-import pytest
+import os
+
+# One compute thread per process: on small shared CPUs, OpenMP threads of several processes
+# (pytest, DataLoader workers, torchrun ranks) spin against each other and a step can run 20x
+# slower. Subprocesses started by tests inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture

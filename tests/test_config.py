@@ -1,0 +1,134 @@
+"""Config loading: defaults, _base_ chains, overrides, strict keys with suggestions, type errors."""
+
+import os
+
+import pytest
+import yaml
+
+from utils.config import config_to_yaml, default_config, load_config
+from utils.errors import MetaPoseError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXPERIMENTS = [os.path.join(REPO, "experiments", name) for name in
+               ("human36m/human36m.yaml", "synthetic/demo.yaml", "tests/tiny.yaml")]
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=os.path.basename)
+def test_shipped_experiments_load(path):
+    config = load_config(path)
+    assert config.model.image_encoder.type in ("hrnet_32", "hrnet_48")
+    assert config.config_path == os.path.abspath(path)
+
+
+def test_defaults_match_paper_setting():
+    config = default_config()
+    assert config.train.lr == 0.001 and config.train.weight_decay == 0.1
+    assert config.train.lr_decay == 0.99 and config.train.batch_size == 400
+    assert config.eval.flip_test is True
+    assert config.model.text_encoder.mode == "joint_action"
+
+
+def test_base_chain_merges_in_order():
+    config = load_config(os.path.join(REPO, "experiments", "tests", "tiny.yaml"))
+    assert config.data.root == "data/synthetic_tiny"      # tiny overrides demo
+    assert config.data.num_workers == 0
+    assert config.model.image_encoder.pretrained is None  # from demo (the base)
+    assert config.train.lr == 0.002                       # from demo
+    assert config.train.weight_decay == 0.1               # from the defaults
+
+
+def test_base_relative_to_file_and_cycle(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path, "base.yaml", "train:\n  epochs: 7\n")
+    child = write(tmp_path, "sub/child.yaml", "_base_: ../base.yaml\ntrain:\n  lr: 0.5\n")
+    config = load_config(child)
+    assert config.train.epochs == 7 and config.train.lr == 0.5
+    loop = write(tmp_path, "loop.yaml", "_base_: loop.yaml\n")
+    with pytest.raises(MetaPoseError, match="includes itself"):
+        load_config(loop)
+
+
+def test_overrides_parse_yaml_values_and_win(tmp_path):
+    path = write(tmp_path, "c.yaml", "train:\n  epochs: 3\n")
+    config = load_config(path, ["train.epochs=9", "train.lr=1e-4", "eval.flip_test=false",
+                                "data.image_size=[128, 96]", "train.clip_grad=1",
+                                "model.image_encoder.pretrained=null"])
+    assert config.train.epochs == 9
+    assert config.train.lr == pytest.approx(1e-4) and isinstance(config.train.lr, float)
+    assert config.eval.flip_test is False
+    assert config.data.image_size == [128, 96]
+    assert config.train.clip_grad == 1.0 and isinstance(config.train.clip_grad, float)
+    assert config.model.image_encoder.pretrained is None
+
+
+def test_unknown_key_suggests_closest(tmp_path):
+    path = write(tmp_path, "c.yaml", "train:\n  learning_rate: 0.1\n  epochs: 2\n")
+    with pytest.raises(MetaPoseError) as error:
+        load_config(path)
+    assert "train.learning_rate" in str(error.value) and path in str(error.value)
+    with pytest.raises(MetaPoseError, match="Did you mean 'train.epochs'"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(MetaPoseError, match="Did you mean 'eval.flip_test'"):
+        load_config(None, ["eval.fliptest=true"])
+
+
+def test_unknown_top_level_section(tmp_path):
+    path = write(tmp_path, "c.yaml", "optimiser:\n  lr: 0.1\n")
+    with pytest.raises(MetaPoseError, match="unknown config key 'optimiser'"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epochs=many", ["train.epochs", "'many'", "integer"]),
+    ("train.epochs=2.5", ["train.epochs", "integer"]),
+    ("train.epochs=true", ["train.epochs", "integer"]),
+    ("train.lr=fast", ["train.lr", "number"]),
+    ("eval.flip_test=3", ["eval.flip_test", "true or false"]),
+    ("data.image_size=[64]", ["data.image_size", "2"]),
+    ("train.epochs=null", ["train.epochs", "null"]),
+    ("model.image_encoder.type=resnet", ["model.image_encoder.type", "hrnet_32"]),
+    ("speed.amp=fp8", ["speed.amp", "bf16"]),
+    ("model=3", ["model", "mapping"]),
+])
+def test_type_errors_name_key_and_expectation(override, words):
+    with pytest.raises(MetaPoseError) as error:
+        load_config(None, [override])
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_yaml_syntax_error_reports_line(tmp_path):
+    path = write(tmp_path, "bad.yaml", "train:\n  epochs: 3\n  lr: [0.1\neval:\n  every: 1\n")
+    with pytest.raises(MetaPoseError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert path in message and "not valid YAML" in message
+    assert "line 4" in message  # the flow sequence opened on line 3 is found unclosed on line 4
+
+
+def test_missing_file_and_bad_override_form(tmp_path):
+    with pytest.raises(MetaPoseError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+    with pytest.raises(MetaPoseError, match="dotted.key=value"):
+        load_config(None, ["train.epochs"])
+    path = write(tmp_path, "list.yaml", "- 1\n- 2\n")
+    with pytest.raises(MetaPoseError, match="mapping"):
+        load_config(path)
+
+
+def test_resolved_yaml_round_trips(tmp_path):
+    tiny = os.path.join(REPO, "experiments", "tests", "tiny.yaml")
+    config = load_config(tiny, ["train.epochs=4"])
+    text = config_to_yaml(config)
+    assert "config_path" not in yaml.safe_load(text)
+    path = write(tmp_path, "resolved.yaml", "# git commit: abc\n" + text)
+    again = load_config(path)
+    again.pop("config_path")
+    config.pop("config_path")
+    assert again == config

@@ -1,0 +1,367 @@
+"""Engine pieces on a CPU with a tiny stand-in model: batches and flips, loss, the training step
+(non-finite losses, stop requests), evaluation, loaders, checkpoints, distributed fallbacks."""
+
+import os
+import pickle
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import engine
+from utils import distributed as dist_utils
+from utils.checkpoint import (atomic_copy, atomic_write_text, extract_state_dict, load_checkpoint,
+                              load_model_weights, save_checkpoint)
+from utils.errors import MetaPoseError
+from utils.flip import flip_images, flip_joints_3d, flip_keypoints_2d, flip_keypoints_crop
+from utils.geometry import normalize_images
+
+H, W = 8, 6
+
+
+class FakeDataset(torch.utils.data.Dataset):
+    """Samples shaped like H36MDataset's; `flip` drawn from (epoch, index) like the real one."""
+
+    def __init__(self, size, train=True):
+        self.size, self.train, self.epoch = size, train, 0
+        generator = torch.Generator().manual_seed(0)
+        self.images = torch.randint(0, 256, (size, 3, H, W), dtype=torch.uint8, generator=generator)
+        self.kp2d = torch.rand(size, 17, 2, generator=generator) * 2 - 1
+        self.kpcrop = torch.rand(size, 17, 2, generator=generator) * 190
+        joints = torch.randn(size, 17, 3, generator=generator) * 0.3
+        self.joints = joints - joints[:, :1]
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return self.size
+
+    def __getitem__(self, index):
+        flip = self.train and (index * 7 + self.epoch * 3) % 5 < 2
+        return {"image": self.images[index], "keypoints_2d": self.kp2d[index],
+                "keypoints_2d_crop": self.kpcrop[index], "joints_3d": self.joints[index],
+                "action": torch.tensor(2 + index % 15), "subject": torch.tensor(9),
+                "index": torch.tensor(index), "flip": torch.tensor(flip)}
+
+
+class FakeModel(nn.Module):
+    """Maps 2D joints (and the image mean) to 3D joints; the MetaPose call signature."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(35, 51)
+        self.dropout = nn.Dropout(0.1)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, images, keypoints_2d, keypoints_2d_crop, actions, return_aux=False):
+        features = torch.cat([keypoints_2d.flatten(1), images.mean(dim=(1, 2, 3))[:, None]], dim=1)
+        pose = self.dropout(self.linear(features)).view(-1, 17, 3)
+        pose = pose - pose[:, :1]
+        return (pose, {"kl": pose.square().mean()}) if return_aux else pose
+
+
+CONTEXT = dist_utils.DistributedContext(rank=0, world_size=1, local_rank=0,
+                                        device=torch.device("cpu"))
+
+
+def make_loader(size=20, batch=4, train=True):
+    dataset = FakeDataset(size, train)
+    if train:
+        return engine.build_train_loader(dataset, batch, 0, seed=0, context=CONTEXT)
+    return engine.build_eval_loader(dataset, batch, 0, CONTEXT)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches and loss
+
+
+def test_prepare_batch_flips_each_marked_sample_consistently():
+    dataset = FakeDataset(4)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(4)])
+    batch["flip"] = torch.tensor([True, False, True, False])
+    out = engine.prepare_batch(batch, torch.device("cpu"))
+    plain = normalize_images(batch["image"])
+    for i in range(4):
+        if batch["flip"][i]:
+            assert torch.equal(out["images"][i], flip_images(plain[i]))
+            assert torch.equal(out["keypoints_2d"][i], flip_keypoints_2d(batch["keypoints_2d"][i]))
+            assert torch.equal(out["keypoints_2d_crop"][i],
+                               flip_keypoints_crop(batch["keypoints_2d_crop"][i]))
+            assert torch.equal(out["joints_3d"][i], flip_joints_3d(batch["joints_3d"][i]))
+        else:
+            assert torch.equal(out["images"][i], plain[i])
+            assert torch.equal(out["keypoints_2d"][i], batch["keypoints_2d"][i])
+            assert torch.equal(out["joints_3d"][i], batch["joints_3d"][i])
+    assert out["images"].dtype == torch.float32 and out["actions"].dtype == torch.int64
+
+
+def test_loss_terms_and_weights():
+    pred, target = torch.zeros(2, 17, 3), torch.zeros(2, 17, 3)
+    target[..., 0] = 0.03  # 30 mm on every joint
+    terms = engine.PoseLoss(mpjpe_weight=2.0)(pred, target)
+    assert set(terms) == {"loss", "mpjpe"} and not engine.PoseLoss().needs_aux
+    assert terms["mpjpe"].item() == pytest.approx(0.03)
+    assert terms["loss"].item() == pytest.approx(0.06)
+    with_kl = engine.PoseLoss(1.0, 0.5)(pred, target, {"kl": torch.tensor(4.0)})
+    assert list(with_kl) == list(engine.PoseLoss(1.0, 0.5).term_names)
+    assert with_kl["loss"].item() == pytest.approx(0.03 + 2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training loop
+
+
+def _train(model, loader, loss_fn=None, epoch=0, stop=None, max_bad_steps=20):
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+    settings = engine.StepSettings(max_bad_steps=max_bad_steps, log_every=2)
+    loader.sampler.set_epoch(epoch)
+    return engine.train_one_epoch(model, loss_fn or engine.PoseLoss(), loader, optimizer,
+                                  torch.device("cpu"), epoch, settings, stop=stop)
+
+
+def test_train_one_epoch_reduces_loss_and_reports():
+    torch.manual_seed(0)
+    model, loader = FakeModel(), make_loader()
+    first = _train(model, loader)
+    for epoch in range(1, 6):
+        last = _train(model, loader, epoch=epoch)
+    assert first["steps"] == len(loader) == 5 and first["bad_steps"] == 0
+    assert not first["interrupted"] and first["batches_done"] == 5
+    assert last["mpjpe"] < first["mpjpe"] and first["samples_per_s"] > 0
+
+
+class NanLoss(engine.PoseLoss):
+    """Non-finite on the steps listed in `bad`."""
+
+    def __init__(self, bad):
+        super().__init__()
+        self.bad, self.calls = set(bad), 0
+
+    def forward(self, pred, target, aux=None):
+        terms = super().forward(pred, target, aux)
+        self.calls += 1
+        if self.calls in self.bad:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+
+def test_non_finite_steps_are_skipped_and_counted():
+    torch.manual_seed(0)
+    model, loader = FakeModel(), make_loader()
+    before = [p.detach().clone() for p in model.parameters()]
+    stats = _train(model, loader, loss_fn=NanLoss(bad={1, 2}))
+    assert stats["bad_steps"] == 2 and stats["steps"] == 3 and np.isfinite(stats["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # Nothing but NaN: parameters untouched, and a clear error after max_bad_steps in a row.
+    model = FakeModel()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(MetaPoseError, match="not finite for 3 consecutive steps"):
+        _train(model, loader, loss_fn=NanLoss(bad=range(100)), max_bad_steps=3)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_stop_request_finishes_the_step_and_reports_position():
+    stop = engine.StopRequest()
+
+    class StopAfter(engine.PoseLoss):
+        calls = 0
+
+        def forward(self, *args):
+            StopAfter.calls += 1
+            if StopAfter.calls == 2:
+                stop.signum = 15  # as the SIGTERM handler does
+            return super().forward(*args)
+
+    stats = _train(FakeModel(), make_loader(), loss_fn=StopAfter(), stop=stop)
+    assert stats["interrupted"] and stats["batches_done"] == 2 and stats["steps"] == 2
+    assert stop.exit_code == 143
+
+
+def test_stop_request_handles_real_signals():
+    stop = engine.StopRequest().install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested and stop.exit_code == 130
+        os.kill(os.getpid(), signal.SIGTERM)  # a different second signal changes nothing
+        assert stop.exit_code == 130
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C stops at once
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_resumable_sampler_skips_once():
+    loader = make_loader(size=20, batch=4)
+    loader.sampler.set_epoch(3)
+    full = [batch["index"].tolist() for batch in loader]
+    loader.sampler.skip_next(8)
+    assert len(loader) == 3
+    rest = [batch["index"].tolist() for batch in loader]
+    assert rest == full[2:]
+    assert [batch["index"].tolist() for batch in loader] == full
+
+
+def test_epoch_reaches_persistent_workers():
+    """The flip draws follow set_epoch even though the worker processes outlive the epoch."""
+    dataset = FakeDataset(12)
+    loader = engine.build_train_loader(dataset, 4, 1, seed=0, context=CONTEXT)
+    seen = {}
+    for epoch in (0, 1, 2):
+        loader.sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        for batch in loader:
+            for index, flip in zip(batch["index"].tolist(), batch["flip"].tolist()):
+                assert flip == ((index * 7 + epoch * 3) % 5 < 2)
+                seen.setdefault(index, set()).add(flip)
+    assert any(len(values) == 2 for values in seen.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def test_evaluate_counts_every_frame_and_flip_test_averages():
+    torch.manual_seed(0)
+    model, loader = FakeModel(), make_loader(size=23, batch=5, train=False)
+    result = engine.evaluate(model, loader, torch.device("cpu"), flip_test=True)
+    assert result["frames"] == 23 and sum(v["frames"] for v in result["per_action"].values()) == 23
+    assert np.mean([v["p1"] for v in result["per_action"].values()]) == pytest.approx(result["p1"])
+    assert result["p2"] <= result["p1"]
+    # The flip test is the mean of the plain and the mirrored-back prediction of the mirrored input.
+    batch = next(iter(loader))
+    inputs = engine.prepare_batch(batch, torch.device("cpu"))
+    with torch.no_grad():
+        plain = model(inputs["images"], inputs["keypoints_2d"], inputs["keypoints_2d_crop"],
+                      inputs["actions"])
+        mirrored = model(flip_images(inputs["images"]), flip_keypoints_2d(inputs["keypoints_2d"]),
+                         flip_keypoints_crop(inputs["keypoints_2d_crop"]), inputs["actions"])
+        both = engine.predict(model, inputs, flip_test=True)
+    assert torch.allclose(both, (plain + flip_joints_3d(mirrored)) / 2, atol=1e-6)
+    again = engine.evaluate(model, loader, torch.device("cpu"), flip_test=True)
+    assert again["p1"] == result["p1"]  # evaluation is deterministic
+
+
+def test_evaluate_abandons_on_stop():
+    stop = engine.StopRequest()
+    stop.signum = 2
+    loader = make_loader(train=False)
+    assert engine.evaluate(FakeModel(), loader, torch.device("cpu"), stop=stop) is None
+    assert stop.exit_code == 130
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def test_checkpoint_round_trip_is_atomic(tmp_path):
+    path = str(tmp_path / "ckpt" / "last.pt")
+    state = {"model": FakeModel().state_dict(), "epoch": 3, "best_p1": float("inf"),
+             "rng": dist_utils.get_rng_state(), "config": {"train": {"lr": 0.1}}}
+    save_checkpoint(state, path)
+    loaded = load_checkpoint(path)
+    assert loaded["epoch"] == 3 and loaded["best_p1"] == float("inf")
+    assert torch.equal(loaded["model"]["linear.weight"], state["model"]["linear.weight"])
+    assert os.listdir(tmp_path / "ckpt") == ["last.pt"]  # no temporary file left behind
+    atomic_copy(path, str(tmp_path / "ckpt" / "best.pt"))
+    assert load_checkpoint(str(tmp_path / "ckpt" / "best.pt"))["epoch"] == 3
+    atomic_write_text(str(tmp_path / "a.txt"), "hello\n")
+    assert (tmp_path / "a.txt").read_text() == "hello\n"
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = str(tmp_path / "last.pt")
+    save_checkpoint({"epoch": 1}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint({"epoch": 2, "bad": Unpicklable()}, path)
+    assert load_checkpoint(path)["epoch"] == 1 and os.listdir(tmp_path) == ["last.pt"]
+
+
+def test_bad_checkpoint_files_give_clear_errors(tmp_path):
+    with pytest.raises(MetaPoseError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "missing.pt"))
+    good = str(tmp_path / "good.pt")
+    save_checkpoint({"model": FakeModel().state_dict()}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(open(good, "rb").read()[:300])
+    with pytest.raises(MetaPoseError, match="truncated"):
+        load_checkpoint(str(truncated))
+    foreign = tmp_path / "notes.pt"
+    foreign.write_text("these are not weights\n")
+    with pytest.raises(MetaPoseError, match="notes.pt"):
+        load_checkpoint(str(foreign))
+    pickled = tmp_path / "object.pt"
+    torch.save({"thing": random.Random(0)}, str(pickled))
+    with pytest.raises(MetaPoseError, match="refused for safety"):
+        load_checkpoint(str(pickled))
+    plain_pickle = tmp_path / "plain.pkl"
+    plain_pickle.write_bytes(pickle.dumps([1, 2, 3]))
+    with pytest.raises(MetaPoseError, match="plain.pkl"):
+        load_checkpoint(str(plain_pickle))
+
+
+def test_load_model_weights_names_the_first_mismatch():
+    model = FakeModel()
+    state = FakeModel().state_dict()
+    state["linear.weight"] = torch.zeros(51, 36)
+    with pytest.raises(MetaPoseError) as error:
+        load_model_weights(model, state, "other.pt")
+    assert "'linear.weight'" in str(error.value) and "(51, 36)" in str(error.value)
+    assert "(51, 35)" in str(error.value)
+    state = FakeModel().state_dict()
+    state.pop("linear.bias")
+    with pytest.raises(MetaPoseError, match="missing from the file, first 'linear.bias'"):
+        load_model_weights(model, state, "other.pt")
+    # DDP prefixes and the common wrappers are accepted.
+    source = FakeModel()
+    wrapped = {"state_dict": {"module." + k: v for k, v in source.state_dict().items()}}
+    load_model_weights(model, extract_state_dict(wrapped), "wrapped.pt")
+    assert torch.equal(model.linear.weight, source.linear.weight)
+    with pytest.raises(MetaPoseError, match="not a model checkpoint"):
+        extract_state_dict({"epoch": 3})
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed helpers without a process group
+
+
+def test_single_process_fallbacks(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    context = dist_utils.init_distributed(device_type="cpu")
+    assert (context.rank, context.world_size) == (0, 1)
+    assert context.is_main and not context.distributed
+    assert dist_utils.rank() == 0 and dist_utils.world_size() == 1 and dist_utils.is_main()
+    tensor = torch.arange(3.0)
+    assert torch.equal(dist_utils.all_reduce_sum(tensor), tensor)
+    assert dist_utils.any_flag(False, True) == (False, True)
+    assert dist_utils.broadcast_object({"a": 1}) == {"a": 1}
+    assert dist_utils.main_first(lambda: 5) == 5
+    dist_utils.barrier()
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(MetaPoseError, match="WORLD_SIZE"):
+        dist_utils.init_distributed(device_type="cpu")
+
+
+def test_rng_state_round_trip_and_epoch_seeds():
+    dist_utils.seed_everything(5)
+    (state,) = dist_utils.gather_rng_states()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.rand(7), np.random.rand(2), random.random()
+    dist_utils.set_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+    seeds = {dist_utils.epoch_seed(0, r, e) for r in range(4) for e in range(50)}
+    assert len(seeds) == 200

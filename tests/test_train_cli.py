@@ -1,0 +1,269 @@
+"""train.py end to end on the tiny synthetic set (CPU): artefacts, exact resume after a stop or a
+SIGTERM, multi-process training (torchrun) and evaluation that counts every frame once."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import train
+from utils.errors import MetaPoseError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "experiments", "tests", "tiny.yaml")
+VAL_FRAMES = 37  # experiments/tests/tiny.yaml
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    # One thread per process: on a shared 2-core machine OpenMP threads fight each other badly.
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    return env
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _command(args, processes=1, launcher="torch.distributed.run"):
+    if processes == 1:
+        return [sys.executable, os.path.join(REPO, "train.py")] + args
+    return [sys.executable, "-m", launcher, f"--nproc_per_node={processes}",
+            f"--master_port={_free_port()}", os.path.join(REPO, "train.py")] + args
+
+
+def run_train(args, processes=1, launcher="torch.distributed.run", expect=0):
+    result = subprocess.run(_command(args, processes, launcher), cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+class Workspace:
+    def __init__(self, root):
+        self.data = os.path.join(root, "data")
+        self.logs = os.path.join(root, "logs")
+
+    def args(self, run_name, *extra):
+        # batch 8: eight steps per epoch, so that a SIGTERM lands inside an epoch.
+        return ["--config", TINY, "--logdir", self.logs, "--run_name", run_name, *extra,
+                f"data.root={self.data}", "train.batch_size=8", "train.log_every=1"]
+
+    def run_dir(self, run_name):
+        return os.path.join(self.logs, run_name)
+
+
+def read_metrics(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from datasets.synthetic import generate_synthetic
+
+    space = Workspace(str(tmp_path_factory.mktemp("train_cli")))
+    generate_synthetic(space.data, 64, VAL_FRAMES, seed=0, verbose=False)
+    return space
+
+
+@pytest.fixture(scope="module")
+def baseline(workspace):
+    """One uninterrupted 2-epoch run that the other tests compare against."""
+    run_train(workspace.args("base"))
+    return workspace.run_dir("base")
+
+
+def test_training_writes_every_artefact(baseline):
+    with open(os.path.join(baseline, "config.yaml"), encoding="utf-8") as handle:
+        text = handle.read()
+    assert text.startswith("# git commit: ")
+    config = yaml.safe_load(text)
+    assert config["train"]["epochs"] == 2 and config["train"]["batch_size"] == 8
+    assert train.load_config(os.path.join(baseline, "config.yaml")).train.batch_size == 8
+    assert open(os.path.join(baseline, "git_commit.txt")).read().strip()
+    log = open(os.path.join(baseline, "log.txt"), encoding="utf-8").read()
+    assert "epoch 2/2" in log and "Average" in log and f"{VAL_FRAMES} frames" in log
+
+    metrics = read_metrics(baseline)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    for entry in metrics:
+        assert entry["frames"] == VAL_FRAMES
+        assert sum(v["frames"] for v in entry["per_action"].values()) == VAL_FRAMES
+        assert 0 < entry["p2"] < entry["p1"]
+    last = load(os.path.join(baseline, "checkpoints", "last.pt"))
+    best = load(os.path.join(baseline, "checkpoints", "best.pt"))
+    assert last["epoch"] == 2 and last["batches_done"] == 0 and not last["eval_pending"]
+    assert best["best_p1"] == min(m["p1"] for m in metrics) == last["best_p1"]
+    assert best["epoch"] == min(metrics, key=lambda m: m["p1"])["epoch"]
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 0.99 ** 2)
+    assert len(last["rng_states"]) == 1 and last["config"]["train"]["epochs"] == 2
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    (events,) = glob.glob(os.path.join(baseline, "tb", "events.out.tfevents.*"))
+    accumulator = EventAccumulator(events)
+    accumulator.Reload()
+    scalars = set(accumulator.Tags()["scalars"])
+    for tag in ("train/loss", "train/mpjpe", "train/lr", "train/samples_per_s", "val/p1_mm",
+                "val/p2_mm", "train_step/loss"):
+        assert tag in scalars, tag
+    assert any(tag.startswith("val_p1_per_action/") for tag in scalars)
+    assert "val/sample_0" in accumulator.Tags()["images"]
+    logged = [event.value for event in accumulator.Scalars("val/p1_mm")]
+    assert logged == pytest.approx([m["p1"] for m in metrics])
+
+
+def test_resume_after_stop_and_sigterm_is_exact(workspace, baseline):
+    """Epochs 1 | SIGTERM inside epoch 2 | the rest: the same weights, optimizer and metrics
+    as the uninterrupted run."""
+    run_dir = workspace.run_dir("chain")
+    run_train(workspace.args("chain") + ["train.epochs=1"])
+    first = load(os.path.join(run_dir, "checkpoints", "last.pt"))
+    assert first["epoch"] == 1 and first["batches_done"] == 0
+
+    process = subprocess.Popen(_command(workspace.args("chain", "--resume")), cwd=REPO, env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in process.stdout:
+        output.append(line)
+        if "epoch 2 step 1/8" in line:
+            process.send_signal(signal.SIGTERM)
+            break
+    output.append(process.stdout.read())
+    assert process.wait(timeout=300) == 143, "".join(output)[-3000:]
+    assert "resumed from" in "".join(output) and "1 epoch(s) done" in "".join(output)
+    stopped = load(os.path.join(run_dir, "checkpoints", "last.pt"))
+    assert stopped["epoch"] == 1 and 0 < stopped["batches_done"] < 8
+
+    result = run_train(workspace.args("chain", "--resume"))
+    assert f"+ {stopped['batches_done']} batches" in result.stdout
+
+    reference, resumed = read_metrics(baseline), read_metrics(run_dir)
+    assert [m["epoch"] for m in resumed] == [1, 2]
+    for a, b in zip(reference, resumed):
+        assert b["p1"] == pytest.approx(a["p1"], abs=1e-9)
+        assert b["p2"] == pytest.approx(a["p2"], abs=1e-9)
+    a = load(os.path.join(baseline, "checkpoints", "last.pt"))
+    b = load(os.path.join(run_dir, "checkpoints", "last.pt"))
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for key, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, b["optimizer"]["state"][key][name]), (key, name)
+    assert a["scheduler"] == b["scheduler"] and a["best_p1"] == b["best_p1"]
+
+
+def test_fresh_start_never_overwrites_a_run(workspace, baseline):
+    before = os.path.getmtime(os.path.join(baseline, "checkpoints", "last.pt"))
+    result = run_train(workspace.args("base"), expect=2)
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert "--resume" in result.stderr and "--run_name" in result.stderr
+    assert os.path.getmtime(os.path.join(baseline, "checkpoints", "last.pt")) == before
+
+
+def test_every_rank_reports_an_error_of_rank_0(workspace, baseline):
+    """The fresh-start refusal found by rank 0 reaches rank 1 too: both exit, nobody hangs."""
+    result = run_train(workspace.args("base"), processes=2, expect=1)
+    assert result.stderr.count("already holds checkpoints") >= 2
+
+
+def test_eval_gives_the_same_result_with_1_2_3_processes(workspace, baseline):
+    checkpoint = os.path.join(baseline, "checkpoints", "last.pt")
+    results = {}
+    launchers = ((1, None), (2, "torch.distributed.launch"), (3, "torch.distributed.run"))
+    for processes, launcher in launchers:
+        name = f"eval{processes}"
+        run_train(workspace.args(name, "--eval", "--checkpoint", checkpoint), processes, launcher)
+        with open(os.path.join(workspace.run_dir(name), "eval.json"), encoding="utf-8") as handle:
+            results[processes] = json.load(handle)
+    final = read_metrics(baseline)[-1]
+    for processes, result in results.items():
+        assert result["frames"] == VAL_FRAMES, processes
+        assert result["epoch"] == 2 and set(result) == set(final)
+        assert result["p1"] == pytest.approx(final["p1"], abs=0.01), processes
+        assert result["p2"] == pytest.approx(final["p2"], abs=0.01), processes
+        for name, values in final["per_action"].items():
+            assert result["per_action"][name]["frames"] == values["frames"]
+
+
+def test_torchrun_two_processes_train_and_evaluate(workspace):
+    result = run_train(workspace.args("ddp", "train.epochs=1"), processes=2)
+    run_dir = workspace.run_dir("ddp")
+    (entry,) = read_metrics(run_dir)
+    assert entry["epoch"] == 1 and entry["frames"] == VAL_FRAMES
+    checkpoint = load(os.path.join(run_dir, "checkpoints", "last.pt"))
+    assert checkpoint["world_size"] == 2 and len(checkpoint["rng_states"]) == 2
+    assert not any(k.startswith("module.") for k in checkpoint["model"])
+    assert "2 process(es)" in result.stdout and "4 steps per epoch" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process checks of the command line (no training)
+
+
+def test_encoder_flags_switch_default_pretrained_files():
+    paper = os.path.join(REPO, "experiments", "human36m", "human36m.yaml")
+    config = train.resolve_config(train.parse_args(
+        ["--config", paper, "--image_encoder", "hrnet_48", "--text_encoder", "ViT-L/14"]))
+    assert config.model.image_encoder.type == "hrnet_48"
+    assert config.model.image_encoder.pretrained == \
+        "data/pretrained/coco/pose_hrnet_w48_256x192.pth"
+    assert config.model.text_encoder.type == "ViT-L/14"
+    assert config.model.text_encoder.pretrained == "data/pretrained/clip/ViT-L-14.pt"
+    # An explicit override wins; a null (random) initialisation stays null.
+    config = train.resolve_config(train.parse_args(
+        ["--config", paper, "--image_encoder", "hrnet_48",
+         "model.image_encoder.pretrained=my.pth"]))
+    assert config.model.image_encoder.pretrained == "my.pth"
+    config = train.resolve_config(
+        train.parse_args(["--config", TINY, "--image_encoder", "hrnet_48"]))
+    assert config.model.image_encoder.pretrained is None
+
+
+def test_resume_without_file_before_overrides():
+    args = train.parse_args(["--config", TINY, "--resume", "train.epochs=3", "train.lr=0.1"])
+    assert args.resume == "" and args.overrides == ["train.epochs=3", "train.lr=0.1"]
+    args = train.parse_args(["--config", TINY, "--local-rank=1", "--resume", "x.pt"])
+    assert args.resume == "x.pt" and args.local_rank == 1
+    args = train.parse_args(["--config", TINY, "a.b=1", "--run_name", "x", "c.d=2"])
+    assert args.overrides == ["a.b=1", "c.d=2"] and args.run_name == "x"
+
+
+def test_unwritable_logdir_and_missing_eval_checkpoint(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the log dir should be")
+    with pytest.raises(MetaPoseError, match="not_a_dir"):
+        train.main(["--config", TINY, "--logdir", str(blocker / "logs")])
+    monkeypatch.setattr(train, "REPO_ROOT", str(tmp_path))
+    with pytest.raises(MetaPoseError) as error:
+        train.main(["--config", TINY, "--logdir", str(tmp_path / "logs"), "--eval",
+                    "--image_encoder", "hrnet_48"])
+    assert "best_epoch_hrnet_48.bin" in str(error.value)
+    assert "--checkpoint logs/" in str(error.value)
+    assert os.path.isdir(tmp_path / "logs" / "tiny_hrnet_48")  # the default run name
+
+
+def test_metrics_file_drops_epochs_after_the_resumed_checkpoint(tmp_path):
+    paths = train.RunPaths(str(tmp_path))
+    for epoch in (1, 2, 3):
+        train.record_metrics(paths, {"epoch": epoch, "p1": 1.0})
+    train.record_metrics(paths, None, keep_until_epoch=2)
+    train.record_metrics(paths, {"epoch": 3, "p1": 0.5})
+    kept = [(m["epoch"], m["p1"]) for m in read_metrics(str(tmp_path))]
+    assert kept == [(1, 1.0), (2, 1.0), (3, 0.5)]

@@ -1,0 +1,514 @@
+"""Entry point: trains or evaluates MetaPose (python train.py, torchrun, torch.distributed.launch).
+
+    torchrun --nproc_per_node=N train.py --config experiments/human36m/human36m.yaml \
+        --image_encoder hrnet_32 --text_encoder ViT-B/32 --logdir ./logs [--eval] [key=value ...]
+"""
+
+import argparse
+import functools
+import glob
+import json
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+import torch
+
+import engine
+from utils import distributed as dist_utils
+from utils.checkpoint import (atomic_copy, atomic_write_text, extract_state_dict, load_checkpoint,
+                              load_model_weights, save_checkpoint)
+from utils.cli import run_cli
+from utils.config import CHOICES, config_to_yaml, load_config
+from utils.errors import MetaPoseError
+from utils.logger import build_tb_writer, close_logger, setup_logger
+from utils.metrics import format_table
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+# File names of the published weights; --image_encoder/--text_encoder switch between them.
+IMAGE_ENCODER_FILES = {"hrnet_32": "pose_hrnet_w32_256x192.pth",
+                       "hrnet_48": "pose_hrnet_w48_256x192.pth"}
+TEXT_ENCODER_FILES = {"ViT-B/32": "ViT-B-32.pt", "ViT-L/14": "ViT-L-14.pt"}
+CHECKPOINT_FORMAT = "metapose-training-checkpoint-v1"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Train or evaluate MetaPose. Trailing key=value arguments override the config "
+                    "(e.g. train.epochs=5 data.num_workers=4).")
+    parser.add_argument("--config", required=True, help="experiment YAML file")
+    parser.add_argument("--image_encoder", choices=CHOICES["model.image_encoder.type"],
+                        help="image encoder type (also switches the default pretrained file)")
+    parser.add_argument("--text_encoder", choices=CHOICES["model.text_encoder.type"],
+                        help="CLIP text encoder type (also switches the default pretrained file)")
+    parser.add_argument("--logdir", default="./logs", help="parent folder of the run directories")
+    parser.add_argument("--run_name",
+                        help="run directory name (default: <config stem>_<image encoder>)")
+    parser.add_argument("--eval", action="store_true", help="evaluate a checkpoint and exit")
+    parser.add_argument("--checkpoint", help="weights to evaluate (with --eval; default "
+                        "checkpoint/best_epoch_<image_encoder>.bin) or to start training from")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="FILE",
+                        help="continue a run from FILE, or from the run's checkpoints/last.pt")
+    parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
+                        help=argparse.SUPPRESS)  # passed by python -m torch.distributed.launch
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_intermixed_args(argv)  # overrides may sit between options
+    if args.resume and "=" in args.resume and not os.path.exists(args.resume):
+        args.overrides.insert(0, args.resume)  # `--resume key=value`: an override, not a file
+        args.resume = ""
+    return args
+
+
+def _switched_file(path, files, new_type):
+    """`path` with its file name replaced by the default file of `new_type`, when it is the
+    default file name of another type; otherwise `path` unchanged."""
+    if path and os.path.basename(path) in files.values():
+        return os.path.join(os.path.dirname(path), files[new_type])
+    return path
+
+
+def resolve_config(args):
+    """The config file merged with the encoder flags, then the key=value overrides (which win)."""
+    base = load_config(args.config)
+    flags = []
+    if args.image_encoder:
+        path = _switched_file(base.model.image_encoder.pretrained, IMAGE_ENCODER_FILES,
+                              args.image_encoder)
+        flags += [f"model.image_encoder.type={args.image_encoder}",
+                  f"model.image_encoder.pretrained={'null' if path is None else path}"]
+    if args.text_encoder:
+        path = _switched_file(base.model.text_encoder.pretrained, TEXT_ENCODER_FILES,
+                              args.text_encoder)
+        flags += [f"model.text_encoder.type={args.text_encoder}",
+                  f"model.text_encoder.pretrained={'null' if path is None else path}"]
+    return load_config(args.config, flags + list(args.overrides))
+
+
+@functools.lru_cache(maxsize=None)
+def git_commit():
+    """The repository's HEAD commit, or "unknown" (not a git checkout, git missing)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+
+
+# ----------------------------------------------------------------------------------------------
+# Run directory
+
+
+@dataclass
+class RunPaths:
+    root: str
+
+    @property
+    def checkpoints(self):
+        return os.path.join(self.root, "checkpoints")
+
+    @property
+    def last(self):
+        return os.path.join(self.checkpoints, "last.pt")
+
+    @property
+    def best(self):
+        return os.path.join(self.checkpoints, "best.pt")
+
+    @property
+    def metrics(self):
+        return os.path.join(self.root, "metrics.jsonl")
+
+    def file(self, name):
+        return os.path.join(self.root, name)
+
+
+def prepare_run_dir(args, config):
+    """Creates `<logdir>/<run_name>` (rank 0); refuses to start a fresh run over old checkpoints."""
+    stem = os.path.splitext(os.path.basename(args.config))[0]
+    name = args.run_name or f"{stem}_{config.model.image_encoder.type}"
+    paths = RunPaths(os.path.join(args.logdir, name))
+
+    def create():
+        try:
+            os.makedirs(paths.checkpoints if not args.eval else paths.root, exist_ok=True)
+            probe = paths.file(f".write_test_{os.getpid()}")
+            with open(probe, "w", encoding="utf-8") as handle:
+                handle.write("ok")
+            os.remove(probe)
+        except OSError as error:
+            raise MetaPoseError(f"cannot write the run directory '{paths.root}' under --logdir "
+                                f"'{args.logdir}' ({error.strerror or error}). Pass a writable "
+                                "--logdir.") from None
+        if args.resume is not None:
+            for stale in glob.glob(os.path.join(paths.checkpoints, ".*.tmp")):
+                os.remove(stale)  # left by a save that was killed midway; the real files are intact
+        if not args.eval and args.resume is None:
+            existing = [p for p in (paths.last, paths.best) if os.path.exists(p)]
+            if existing:
+                raise MetaPoseError(
+                    f"run directory '{paths.root}' already holds checkpoints "
+                    f"({', '.join(existing)}) from an earlier run. Pass --resume to continue "
+                    "that run, or --run_name NAME to start a new one; nothing was overwritten.")
+
+    if dist_utils.is_main():
+        create()
+    return paths
+
+
+def record_metrics(paths, record, keep_until_epoch=None):
+    """Appends `record` to metrics.jsonl by rewriting the file atomically; with
+    `keep_until_epoch`, lines of later epochs (left by a run resumed from an older checkpoint)
+    are dropped first."""
+    lines = []
+    if os.path.exists(paths.metrics):
+        with open(paths.metrics, "r", encoding="utf-8") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                entry = json.loads(line)
+                if keep_until_epoch is not None and (entry.get("epoch") or 0) > keep_until_epoch:
+                    continue
+                lines.append(line.rstrip("\n"))
+    if record is not None:
+        lines.append(json.dumps(record))
+    atomic_write_text(paths.metrics, "".join(line + "\n" for line in lines))
+
+
+def metrics_record(summary, epoch):
+    return {"epoch": epoch, "p1": summary["p1"], "p2": summary["p2"], "frames": summary["frames"],
+            "per_action": summary["per_action"]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+def build_model(config, context):
+    """The model on the device, initialised identically on every rank (seeded with config.seed)."""
+    from models import build_model as build_metapose
+    from models.speed import prepare_model_for_speed
+
+    dist_utils.seed_everything(config.seed)
+    model = prepare_model_for_speed(build_metapose(config).to(context.device), config,
+                                    context.device)
+    dist_utils.seed_everything(config.seed + context.rank)
+    return model
+
+
+def build_datasets(config, context, splits):
+    """Datasets of `splits`, built on rank 0 first (it may generate the synthetic set)."""
+    from datasets import build_dataset
+
+    return dist_utils.main_first(
+        lambda: [build_dataset(config, split, context.rank) for split in splits])
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0                # completed epochs
+    batches_done: int = 0         # batches of epoch `epoch` trained before an interruption
+    best_p1: float = math.inf
+    eval_pending: bool = False    # epoch `epoch` finished but its evaluation was interrupted
+    rng_states: list = None
+
+
+def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, config, new_best):
+    """Writes checkpoints/last.pt (and best.pt on a new best) on rank 0; every rank's RNG state is
+    gathered into it."""
+    rng_states = dist_utils.gather_rng_states()
+    if not dist_utils.is_main():
+        return
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler else None,
+        "epoch": state.epoch, "batches_done": state.batches_done,
+        "eval_pending": state.eval_pending, "best_p1": state.best_p1,
+        "config": json.loads(json.dumps(config)),
+        "world_size": dist_utils.world_size(), "batch_size": config.train.batch_size,
+        "rng_states": rng_states, "git_commit": git_commit(),
+    }
+    save_checkpoint(checkpoint, paths.last)
+    if new_best:
+        atomic_copy(paths.last, paths.best)
+
+
+def resume_training(path, model, optimizer, scheduler, scaler, config, logger):
+    """Loads a training checkpoint into the model, optimizer, scheduler and scaler; returns the
+    TrainState to continue from."""
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise MetaPoseError(f"'{path}' is not a MetaPose training checkpoint (no optimizer "
+                            "state), so it cannot be resumed. Use --checkpoint to start from its "
+                            "weights.")
+    load_model_weights(model, extract_state_dict(checkpoint, path), path)
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    state = TrainState(epoch=checkpoint["epoch"], batches_done=checkpoint["batches_done"],
+                       best_p1=checkpoint["best_p1"], eval_pending=checkpoint["eval_pending"],
+                       rng_states=checkpoint["rng_states"])
+    changed = _changed_keys(checkpoint["config"], json.loads(json.dumps(config)))
+    if changed:
+        logger.info("config differs from the checkpoint's in: %s", ", ".join(changed))
+    same_layout = (checkpoint["world_size"] == dist_utils.world_size()
+                   and checkpoint["batch_size"] == config.train.batch_size)
+    if state.batches_done and not same_layout:
+        logger.warning("the interrupted epoch %d ran with %d process(es) and batch %d, now %d "
+                       "and %d: it restarts from its beginning", state.epoch + 1,
+                       checkpoint["world_size"], checkpoint["batch_size"],
+                       dist_utils.world_size(), config.train.batch_size)
+        state.batches_done = 0
+    logger.info("resumed from '%s': %d epoch(s) done%s, lr %.3g, best P1 %.2f mm", path,
+                state.epoch, f" + {state.batches_done} batches" if state.batches_done else "",
+                optimizer.param_groups[0]["lr"], state.best_p1)
+    return state
+
+
+def _changed_keys(old, new, prefix=""):
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, prefix + key + ".")
+        elif a != b and key != "config_path":
+            keys.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return keys
+
+
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation runs
+
+
+def log_evaluation(logger, writer, summary, epoch):
+    logger.info("evaluation%s: %d frames\n%s", f" after epoch {epoch}" if epoch else "",
+                summary["frames"], format_table(summary))
+    if writer:
+        writer.add_scalar("val/p1_mm", summary["p1"], epoch or 0)
+        writer.add_scalar("val/p2_mm", summary["p2"], epoch or 0)
+        writer.add_scalar("val/samples_per_s", summary["samples_per_s"], epoch or 0)
+        for name, values in summary["per_action"].items():
+            writer.add_scalar(f"val_p1_per_action/{name}", values["p1"], epoch or 0)
+
+
+class Training:
+    """One training run: the model (unwrapped for checkpoints and evaluation, DDP-wrapped for
+    training steps), the data, the optimisation state and the epoch loop."""
+
+    def __init__(self, config, context, paths, args, logger, writer):
+        self.config, self.context, self.paths = config, context, paths
+        self.logger, self.writer = logger, writer
+        self.model = build_model(config, context)
+        train_set, val_set = build_datasets(config, context, ("train", "validation"))
+        data, speed = config.data, config.speed
+        self.train_loader = engine.build_train_loader(
+            train_set, config.train.batch_size, data.num_workers, config.seed, context,
+            speed.pin_memory)
+        self.val_loader = engine.build_eval_loader(
+            val_set, config.eval.batch_size, data.num_workers, context, speed.pin_memory)
+        self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
+                                           weight_decay=config.train.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer,
+                                                                gamma=config.train.lr_decay)
+        use_scaler = speed.amp == "fp16" and context.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.state = self._initial_state(args)
+        trainable = sum(p.numel() for p in self.model.trainable_parameters())
+        logger.info("%d training / %d validation frames, %d process(es), %s trainable parameters, "
+                    "%d steps per epoch", len(train_set), len(val_set), context.world_size,
+                    f"{trainable:,}", len(self.train_loader))
+        self.train_model = self.model
+        if context.distributed:
+            device_ids = [context.device.index] if context.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=device_ids, find_unused_parameters=False)
+        self.loss_fn = engine.build_loss(config)
+        self.settings = engine.StepSettings.from_config(config)
+        self.stop = engine.StopRequest()
+
+    def _initial_state(self, args):
+        if args.resume is not None:
+            path = args.resume or self.paths.last
+            if not args.resume and not os.path.exists(path):
+                raise MetaPoseError(f"--resume found nothing to resume: '{path}' does not exist. "
+                                    "Start without --resume, or pass --resume FILE.")
+            state = resume_training(path, self.model, self.optimizer, self.scheduler, self.scaler,
+                                    self.config, self.logger)
+            if dist_utils.is_main():
+                record_metrics(self.paths, None, keep_until_epoch=state.epoch)
+            return state
+        if args.checkpoint:
+            weights = extract_state_dict(load_checkpoint(args.checkpoint), args.checkpoint)
+            load_model_weights(self.model, weights, args.checkpoint)
+            self.logger.info("initialised the model from '%s'", args.checkpoint)
+        return TrainState()
+
+    def save(self, new_best=False):
+        save_training_checkpoint(self.paths, self.model, self.optimizer, self.scheduler,
+                                 self.scaler, self.state, self.config, new_best)
+
+    def evaluate_and_record(self, epoch):
+        """Evaluates after `epoch`, logs and records it; returns whether P1 is a new best."""
+        config = self.config
+        summary = engine.evaluate(self.model, self.val_loader, self.context.device,
+                                  flip_test=config.eval.flip_test, amp=config.speed.amp,
+                                  channels_last=self.settings.channels_last,
+                                  num_visualize=config.eval.num_visualize, writer=self.writer,
+                                  global_step=epoch, stop=self.stop)
+        self.state.eval_pending = summary is None
+        if summary is None:
+            self.logger.warning("evaluation after epoch %d interrupted; it runs first on --resume",
+                                epoch)
+            return False
+        log_evaluation(self.logger, self.writer, summary, epoch)
+        if dist_utils.is_main():
+            record_metrics(self.paths, metrics_record(summary, epoch))
+        if summary["p1"] < self.state.best_p1:
+            self.state.best_p1 = summary["p1"]
+            return True
+        return False
+
+    def train_epoch(self, epoch):
+        """Seeds from (seed, rank, epoch), skips the batches trained before an interruption
+        (restoring the RNG state saved then), and trains one epoch."""
+        state, loader = self.state, self.train_loader
+        seed = dist_utils.epoch_seed(self.config.seed, self.context.rank, epoch)
+        dist_utils.seed_everything(seed)
+        loader.generator.manual_seed(seed)
+        loader.sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        if state.batches_done:
+            loader.sampler.skip_next(state.batches_done * self.config.train.batch_size)
+            if state.rng_states and self.context.rank < len(state.rng_states):
+                dist_utils.set_rng_state(state.rng_states[self.context.rank])
+        return engine.train_one_epoch(self.train_model, self.loss_fn, loader, self.optimizer,
+                                      self.context.device, epoch, self.settings,
+                                      scaler=self.scaler, writer=self.writer, stop=self.stop,
+                                      skip_batches=state.batches_done)
+
+    def run(self):
+        """The epoch loop; returns the exit status (0, or 128 + signal number after a stop)."""
+        state, epochs, every = self.state, self.config.train.epochs, self.config.eval.every
+        self.stop.install()
+        try:
+            if state.eval_pending:
+                self.save(self.evaluate_and_record(state.epoch))
+            for epoch in range(state.epoch, epochs):
+                if dist_utils.any_flag(self.stop.requested)[0]:
+                    break
+                started = time.perf_counter()
+                stats = self.train_epoch(epoch)
+                if stats["interrupted"]:
+                    state.batches_done = stats["batches_done"]
+                    self.save()
+                    self.logger.warning("stopped in epoch %d after %d batches; saved %s (continue "
+                                        "with --resume)", epoch + 1, state.batches_done,
+                                        self.paths.last)
+                    break
+                self.scheduler.step()
+                state.epoch, state.batches_done = epoch + 1, 0
+                log_train_epoch(self.logger, self.writer, stats, epoch, epochs,
+                                time.perf_counter() - started)
+                due = state.epoch % every == 0 or state.epoch == epochs
+                self.save(self.evaluate_and_record(state.epoch) if due else False)
+            stopping = dist_utils.any_flag(self.stop.requested)[0]
+        finally:
+            self.stop.restore()
+        if stopping:
+            return self.stop.exit_code or 143
+        self.logger.info("done: %d epochs, best P1 %.2f mm; run directory %s", state.epoch,
+                         state.best_p1, self.paths.root)
+        return 0
+
+
+def train(config, context, paths, args, logger, writer):
+    return Training(config, context, paths, args, logger, writer).run()
+
+
+def log_train_epoch(logger, writer, stats, epoch, epochs, seconds):
+    kl = f"  kl {stats['kl']:.5f}" if "kl" in stats else ""
+    skipped = f", {stats['bad_steps']} skipped (non-finite)" if stats["bad_steps"] else ""
+    logger.info("epoch %d/%d  loss %.5f  mpjpe %.1f mm%s  lr %.3g  %.0f samples/s  %d steps%s  "
+                "(%.0f s)", epoch + 1, epochs, stats["loss"], stats["mpjpe"] * 1000.0, kl,
+                stats["lr"], stats["samples_per_s"], stats["steps"], skipped, seconds)
+    if writer:
+        for name in ("loss", "mpjpe", "kl"):
+            if name in stats:
+                writer.add_scalar(f"train/{name}", stats[name], epoch + 1)
+        writer.add_scalar("train/lr", stats["lr"], epoch + 1)
+        writer.add_scalar("train/samples_per_s", stats["samples_per_s"], epoch + 1)
+        writer.add_scalar("train/bad_steps", stats["bad_steps"], epoch + 1)
+
+
+def evaluate_checkpoint(config, context, paths, args, logger, writer):
+    """--eval: loads released weights or a checkpoint, evaluates, writes eval.json."""
+    encoder = config.model.image_encoder.type
+    path = args.checkpoint or os.path.join(REPO_ROOT, "checkpoint", f"best_epoch_{encoder}.bin")
+    if not os.path.exists(path):
+        raise MetaPoseError(
+            f"no checkpoint to evaluate: '{path}' does not exist. Pass --checkpoint "
+            f"logs/<run>/checkpoints/best.pt (a run of yours) or put the released weights at "
+            f"checkpoint/best_epoch_{encoder}.bin.")
+    model = build_model(config, context)
+    checkpoint = load_checkpoint(path)
+    load_model_weights(model, extract_state_dict(checkpoint, path), path)
+    trained = isinstance(checkpoint, dict) and "model" in checkpoint
+    epoch = checkpoint.get("epoch") if trained else None
+    (val_set,) = build_datasets(config, context, ("validation",))
+    loader = engine.build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
+                                      context, config.speed.pin_memory)
+    logger.info("evaluating '%s' on %d validation frames with %d process(es)%s", path,
+                len(val_set), context.world_size, ", flip test" if config.eval.flip_test else "")
+    summary = engine.evaluate(model, loader,
+                              context.device, flip_test=config.eval.flip_test,
+                              amp=config.speed.amp, channels_last=config.speed.channels_last,
+                              num_visualize=config.eval.num_visualize, writer=writer,
+                              global_step=epoch or 0)
+    log_evaluation(logger, writer, summary, epoch)
+    if dist_utils.is_main():
+        record = json.dumps(metrics_record(summary, epoch), indent=2)
+        atomic_write_text(paths.file("eval.json"), record + "\n")
+        logger.info("P1 %.2f mm  P2 %.2f mm  (%d frames); wrote %s", summary["p1"], summary["p2"],
+                    summary["frames"], paths.file("eval.json"))
+    return 0
+
+
+def record_run(paths, config, args):
+    """The resolved config (headed by the git commit) and the commit itself, in the run directory
+    (an evaluation leaves the config of an earlier training run in place)."""
+    if args.eval and os.path.exists(paths.file("config.yaml")):
+        return
+    commit = git_commit()
+    atomic_write_text(paths.file("config.yaml"),
+                      f"# git commit: {commit}\n" + config_to_yaml(config))
+    atomic_write_text(paths.file("git_commit.txt"), commit + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config = resolve_config(args)
+    context = dist_utils.init_distributed(args.local_rank)
+    paths = dist_utils.main_first(lambda: prepare_run_dir(args, config))
+    logger = setup_logger(context.rank, paths.file("log.txt"))
+    writer = build_tb_writer(paths.file("tb"), context.rank)
+    try:
+        if context.is_main:
+            record_run(paths, config, args)
+        logger.info("%s run in %s (%d process(es) on %s)",
+                    "evaluation" if args.eval else "training", paths.root, context.world_size,
+                    context.device)
+        run = evaluate_checkpoint if args.eval else train
+        status = run(config, context, paths, args, logger, writer)
+    finally:
+        writer.close()
+        close_logger(logger)
+    dist_utils.cleanup()
+    return status
+
+
+if __name__ == "__main__":
+    run_cli(main)

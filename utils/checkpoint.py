@@ -1,0 +1,151 @@
+"""Checkpoint files: atomic writes, safe loading (weights_only) and clear errors for bad files."""
+
+import os
+import pickle
+import shutil
+import tempfile
+import warnings
+import zipfile
+
+import torch
+
+from utils.errors import MetaPoseError
+
+# Prefixes that wrappers add to state-dict keys: DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _atomic_write(path, write):
+    """Calls write(file_object) on a temporary file beside `path`, fsyncs it and renames it over
+    `path`, so that a crash at any moment leaves either the old or the new complete file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                         dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+    try:  # make the rename itself durable
+        directory_handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(directory_handle)
+    except OSError:
+        pass
+    finally:
+        os.close(directory_handle)
+
+
+def atomic_write_text(path, text):
+    """Writes `text` (UTF-8) to `path` atomically."""
+    _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def atomic_copy(source, destination):
+    """Copies the file `source` to `destination` atomically."""
+    def write(file):
+        with open(source, "rb") as input_file:
+            shutil.copyfileobj(input_file, file, length=16 * 1024 * 1024)
+    _atomic_write(destination, write)
+
+
+def save_checkpoint(obj, path):
+    """torch.save(obj) to `path` atomically (temporary file in the same folder, fsync, rename)."""
+    _atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Loads a checkpoint with torch.load(weights_only=True).
+
+    Returns:
+        whatever was saved (a dict for training checkpoints and state dicts).
+    Raises:
+        MetaPoseError for a missing, truncated or foreign file (not written by torch.save, or
+        holding arbitrary Python objects that weights-only loading refuses).
+    """
+    if not os.path.exists(path):
+        raise MetaPoseError(f"checkpoint '{path}' does not exist. Pass an existing file, e.g. "
+                            "logs/<run>/checkpoints/best.pt.")
+    if not os.path.isfile(path):
+        raise MetaPoseError(f"checkpoint '{path}' is not a file.")
+    try:
+        with warnings.catch_warnings():  # foreign pickles: the error below says it better
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights only" in str(error).lower() or "weights_only" in str(error).lower():
+            raise MetaPoseError(
+                f"checkpoint '{path}' holds Python objects other than tensors and plain "
+                f"containers, so it is refused for safety ({first}). Use a MetaPose checkpoint "
+                "or a plain state_dict saved with torch.save.") from None
+        raise MetaPoseError(f"'{path}' is not a PyTorch checkpoint ({first}). Pass a file written "
+                            "by torch.save, e.g. logs/<run>/checkpoints/best.pt.") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
+            AttributeError, TypeError, IndexError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        size = os.path.getsize(path)
+        raise MetaPoseError(f"checkpoint '{path}' ({size} bytes) cannot be read; it is truncated, "
+                            f"corrupt or not a PyTorch file ({first}). Use a complete checkpoint "
+                            "(e.g. the run's checkpoints/last.pt or best.pt).") from None
+
+
+def extract_state_dict(checkpoint, path="checkpoint"):
+    """The model weights in a loaded file: the "model" entry of a training checkpoint, the
+    "state_dict"/"model_state_dict" entry of other common formats, or the dict itself when it is
+    already a state dict. Wrapper prefixes ("module.", "_orig_mod.") are removed."""
+    if not isinstance(checkpoint, dict):
+        raise MetaPoseError(f"'{path}' holds a {type(checkpoint).__name__}, not a state dict or a "
+                            "checkpoint dict with a 'model' entry.")
+    state = checkpoint
+    for key in ("model", "state_dict", "model_state_dict", "model_pos"):
+        if isinstance(checkpoint.get(key), dict):
+            state = checkpoint[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        keys = sorted(map(str, checkpoint))[:8]
+        raise MetaPoseError(f"'{path}' is not a model checkpoint: expected a state dict of "
+                            f"tensors or a dict with a 'model' entry, found keys {keys}.")
+    for prefix in _WRAPPER_PREFIXES:
+        if all(key.startswith(prefix) for key in state):
+            state = {key[len(prefix):]: value for key, value in state.items()}
+    return state
+
+
+def load_model_weights(model, state_dict, path="checkpoint"):
+    """Copies `state_dict` into `model` strictly, with a MetaPoseError naming the first problem.
+
+    Raises:
+        MetaPoseError for keys missing from the file, keys the model does not have, or the first
+        key whose shape differs (with both shapes), e.g. a checkpoint of another image encoder.
+    """
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape):
+            raise MetaPoseError(
+                f"checkpoint '{path}' does not fit this model: '{key}' has shape "
+                f"{tuple(state_dict[key].shape)} in the file but {tuple(value.shape)} in the "
+                "model. "
+                "It was trained with another configuration (image/text encoder type or widths); "
+                "pass the matching --config, --image_encoder and --text_encoder.")
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} model key(s) missing from the file, first '{missing[0]}'")
+        if unexpected:
+            parts.append(f"{len(unexpected)} key(s) in the file unknown to the model, first "
+                         f"'{unexpected[0]}'")
+        raise MetaPoseError(f"checkpoint '{path}' does not fit this model: {'; '.join(parts)}. "
+                            "It was saved from another model or configuration; pass the matching "
+                            "--config, --image_encoder and --text_encoder.")
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,231 @@
+"""All torch.distributed use: process-group setup from the launcher, collectives, RNG states.
+
+Launchers: `torchrun` (and multi-node rendezvous) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and
+MASTER_PORT; the older `python -m torch.distributed.launch` sets the same variables and also passes
+`--local-rank N` (or `--local_rank N`) on the command line; a plain `python train.py` has none of
+them and runs as one process. Every helper falls back to single-process values when no process
+group is initialised, so models and the engine never call torch.distributed directly.
+"""
+
+import datetime
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from utils.errors import MetaPoseError
+
+# How long a collective waits for the other processes before failing (a crashed rank otherwise
+# hangs the rest until the launcher tears them down).
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """Where this process sits: global rank, number of processes, rank on its node, device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+
+def _env_int(name, default=None):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise MetaPoseError(f"environment variable {name}={value!r} must be an integer; it is "
+                            "set by torchrun or torch.distributed.launch, so launch the script "
+                            "with one of them or unset it.") from None
+
+
+def init_distributed(local_rank_arg=None, device_type=None):
+    """Initialises the process group when launched by torchrun / torch.distributed.launch.
+
+    Args:
+        local_rank_arg: the `--local-rank` value the legacy launcher passes (None if absent).
+        device_type: "cuda" or "cpu"; None picks CUDA when available.
+    Returns:
+        DistributedContext. Backend NCCL on CUDA, gloo on CPU; one process when WORLD_SIZE is
+        unset or 1. On CUDA each process uses the GPU `cuda:LOCAL_RANK`.
+    """
+    if device_type is None:
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0)
+    if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise MetaPoseError(
+                f"local rank {local_rank} needs GPU {local_rank}, but only "
+                f"{torch.cuda.device_count()} GPU(s) are visible. Start at most that many "
+                "processes per node (--nproc_per_node) or set CUDA_VISIBLE_DEVICES.")
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if name not in os.environ:
+                raise MetaPoseError(
+                    f"WORLD_SIZE={world_size} is set but {name} is not: launch multi-process runs "
+                    "with `torchrun --nproc_per_node=N train.py ...`.")
+        backend = "nccl" if device_type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device_type == "cuda" else {}
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
+                                world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT, **kwargs)
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank,
+                              device=device)
+
+
+def cleanup():
+    """Destroys the process group (if any); call once at the end of a run."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def is_initialized():
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank():
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size():
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def is_main():
+    return rank() == 0
+
+
+def barrier():
+    if is_initialized():
+        dist.barrier()
+
+
+def _collective_device():
+    """Tensors for collectives live on the current GPU under NCCL, on the CPU under gloo."""
+    if is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(tensor):
+    """Sum of `tensor` over all processes: a new tensor on the input's device (input unchanged)."""
+    if not is_initialized():
+        return tensor.clone()
+    work = tensor.detach().to(_collective_device(), copy=True)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.to(tensor.device)
+
+
+def any_flag(*flags):
+    """For each bool in `flags`: whether it is set on any process. One collective for all flags."""
+    values = torch.tensor([float(bool(flag)) for flag in flags], dtype=torch.float32)
+    summed = all_reduce_sum(values)
+    return tuple(bool(v > 0) for v in summed.tolist())
+
+
+def broadcast_object(obj, src=0):
+    """`obj` of process `src` on every process (picklable objects)."""
+    if not is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src, device=_collective_device())
+    return holder[0]
+
+
+def main_first(function):
+    """Runs `function()` on rank 0, then on the other ranks (e.g. data generation, folder setup).
+
+    A MetaPoseError on rank 0 is sent to every rank and raised there too, so that all processes
+    stop with the same message instead of waiting for rank 0 forever.
+    """
+    result, message = None, None
+    if is_main():
+        try:
+            result = function()
+        except MetaPoseError as error:
+            message = str(error)
+    message = broadcast_object(message)
+    if message is not None:
+        raise MetaPoseError(message)
+    if not is_main():
+        result = function()
+    return result
+
+
+def all_gather_object(obj):
+    """List of every process's `obj`, indexed by rank."""
+    if not is_initialized():
+        return [obj]
+    gathered = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+# ----------------------------------------------------------------------------------------------
+# Random number generators: seeding and state capture (checkpoints hold every rank's state).
+
+
+def seed_everything(seed):
+    """Seeds python `random`, numpy and torch (CPU and all GPUs) with one integer."""
+    seed = int(seed) % (2 ** 32)
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed, rank_, epoch):
+    """A seed derived from (base seed, rank, epoch), distinct for every combination."""
+    mixed = np.random.SeedSequence([int(seed) % (2 ** 32), int(rank_), int(epoch)])
+    return int(mixed.generate_state(1)[0])
+
+
+def get_rng_state():
+    """This process's RNG states as tensors, lists and numbers (loadable with weights_only=True)."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    """Restores a state captured by `get_rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"],
+                         numpy_state["cached_gaussian"]))
+    python_state = state["python"]
+    random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"].cpu())
+
+
+def gather_rng_states():
+    """Every rank's `get_rng_state()`, as a list indexed by rank (complete on every process)."""
+    return all_gather_object(get_rng_state())
