@@ -217,6 +217,34 @@ class HRNet(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    @torch.no_grad()
+    def calibrate_batch_norm(self, height=128, width=96, batch=4):
+        """Sets every BN's running statistics from one forward of N(0, 1) images (drawn from a
+        private generator, so the global RNG is untouched).
+
+        Only for a randomly initialised trunk that stays frozen: with the official N(0, 0.001)
+        convolutions and untouched running statistics (mean 0, var 1), each layer shrinks its
+        input about 40-fold and the stage-4 maps come out near 1e-8..1e-12, so the image
+        pathway would carry nothing. Calibrated, every BN outputs unit-scale activations.
+        """
+        generator = torch.Generator().manual_seed(0)
+        device = next(self.parameters()).device
+        images = torch.randn(batch, 3, height, width, generator=generator).to(device)
+        norms = [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average: one batch sets the statistics exactly
+        was_training, frozen = self.training, self.frozen
+        self.frozen = False
+        super().train(True)
+        self(images)
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        self.frozen = frozen
+        self.train(was_training)
+        return self
+
     def freeze(self):
         """No gradients, and eval mode for good (batch-norm statistics never update)."""
         self.frozen = True
@@ -360,6 +388,8 @@ def build_image_encoder(type: str, pretrained, frozen: bool = True, width=None) 
             f"image encoder {type} (width {channels}) is randomly initialised "
             "(model.image_encoder.pretrained is null); results will not match the paper.",
             stacklevel=2)
+        if frozen:
+            model.calibrate_batch_norm()
     else:
         load_pretrained(model, pretrained, type)
     if frozen:

@@ -220,3 +220,21 @@ def test_unknown_type():
     with pytest.raises(MetaPoseError) as error:
         build_image_encoder("hrnet_64", None)
     assert "hrnet_32" in str(error.value) and "hrnet_48" in str(error.value)
+
+
+def test_random_frozen_trunk_passes_image_content_on():
+    """A randomly initialised frozen trunk (tests, the synthetic demo) is BN-calibrated: its maps
+    are unit-scale and depend on the image (uncalibrated they would be ~1e-8..1e-12)."""
+    model = build_image_encoder("hrnet_32", None, frozen=True, width=4)
+    state = torch.random.get_rng_state()
+    model.calibrate_batch_norm()
+    assert torch.equal(state, torch.random.get_rng_state())  # it draws from its own generator
+    assert not model.training and model.frozen
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, 64, 48, generator=generator)
+    with torch.no_grad():
+        maps = model(images)
+        other = model(images.flip(-1))
+    for level in maps:
+        assert 0.05 < float(level.std()) < 50.0
+    assert not torch.allclose(maps[0], other[0])
