@@ -34,8 +34,15 @@ TEXT_ENCODER_FILES = {"ViT-B/32": "ViT-B-32.pt", "ViT-L/14": "ViT-L-14.pt"}
 CHECKPOINT_FORMAT = "metapose-training-checkpoint-v1"
 
 
+class _ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad command line like every other input error: one `error:` paragraph, exit 2."""
+
+    def error(self, message):
+        raise MetaPoseError(f"{message}. Run `python train.py --help` for the options.")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         description="Train or evaluate MetaPose. Trailing key=value arguments override the config "
                     "(e.g. train.epochs=5 data.num_workers=4).")
     parser.add_argument("--config", required=True, help="experiment YAML file")
@@ -236,15 +243,62 @@ def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, 
         atomic_copy(paths.last, paths.best)
 
 
-def resume_training(path, model, optimizer, scheduler, scaler, config, logger):
-    """Loads a training checkpoint into the model, optimizer, scheduler and scaler; returns the
-    TrainState to continue from."""
-    checkpoint = load_checkpoint(path)
+def load_weights(model, checkpoint, path, config, logger):
+    """Copies the weights of a loaded `checkpoint` into `model`. When the checkpoint records the
+    config it was trained with, a mismatch error also names the model settings that differ (and
+    a checkpoint that fits in spite of such differences is loaded with a warning)."""
+    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    changed = []
+    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
+        changed = [key for key in _changed_keys(saved["model"],
+                                                json.loads(json.dumps(config.model)), "model.")
+                   if ".pretrained " not in key]  # initial weights do not matter once loaded
+    try:
+        load_model_weights(model, extract_state_dict(checkpoint, path), path)
+    except MetaPoseError as error:
+        if not changed:
+            raise
+        raise MetaPoseError(f"{error} The checkpoint was saved with other model settings: "
+                            f"{', '.join(changed)}.") from None
+    if changed:
+        logger.warning("'%s' was saved with other model settings (%s); its weights fit this "
+                       "model and are used", path, ", ".join(changed))
+
+
+def find_resume_checkpoint(paths, logger):
+    """(path, loaded checkpoint) of the newest complete checkpoint of the run directory for a
+    bare --resume: checkpoints/last.pt, or best.pt (an older epoch) when last.pt is missing or
+    cannot be read."""
+    candidates = [path for path in (paths.last, paths.best) if os.path.exists(path)]
+    if not candidates:
+        raise MetaPoseError(f"--resume found nothing to resume: '{paths.last}' does not exist. "
+                            "Start without --resume, or pass --resume FILE.")
+    problems = []
+    for path in candidates:
+        try:
+            return path, load_checkpoint(path)
+        except MetaPoseError as error:
+            problems.append(str(error))
+            logger.warning("cannot resume from '%s': %s", path, error)
+    raise MetaPoseError(f"--resume found no readable checkpoint in '{paths.checkpoints}': "
+                        f"{' '.join(problems)}")
+
+
+def check_training_checkpoint(checkpoint, path):
+    """Raises MetaPoseError unless `checkpoint` (loaded from `path`) can be resumed."""
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise MetaPoseError(f"'{path}' is not a MetaPose training checkpoint (no optimizer "
                             "state), so it cannot be resumed. Use --checkpoint to start from its "
                             "weights.")
-    load_model_weights(model, extract_state_dict(checkpoint, path), path)
+
+
+def resume_training(path, model, optimizer, scheduler, scaler, config, logger, checkpoint=None):
+    """Loads a training checkpoint (`checkpoint`, or the file `path`) into the model, optimizer,
+    scheduler and scaler; returns the TrainState to continue from."""
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path)
+    check_training_checkpoint(checkpoint, path)
+    load_weights(model, checkpoint, path, config, logger)
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and checkpoint.get("scaler"):
@@ -302,7 +356,9 @@ class Training:
     def __init__(self, config, context, paths, args, logger, writer):
         self.config, self.context, self.paths = config, context, paths
         self.logger, self.writer = logger, writer
-        self.model = build_model(config, context)
+        # The checkpoint file and the data first: problems with them show before the (slower)
+        # model build.
+        start_path, start_checkpoint = self._read_start_checkpoint(args)
         train_set, val_set = build_datasets(config, context, ("train", "validation"))
         data, speed = config.data, config.speed
         self.train_loader = engine.build_train_loader(
@@ -310,13 +366,14 @@ class Training:
             speed.pin_memory)
         self.val_loader = engine.build_eval_loader(
             val_set, config.eval.batch_size, data.num_workers, context, speed.pin_memory)
+        self.model = build_model(config, context)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer,
                                                                 gamma=config.train.lr_decay)
         use_scaler = speed.amp == "fp16" and context.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.state = self._initial_state(args)
+        self.state = self._initial_state(args, start_path, start_checkpoint)
         trainable = sum(p.numel() for p in self.model.trainable_parameters())
         logger.info("%d training / %d validation frames, %d process(es), %s trainable parameters, "
                     "%d steps per epoch", len(train_set), len(val_set), context.world_size,
@@ -330,21 +387,30 @@ class Training:
         self.settings = engine.StepSettings.from_config(config)
         self.stop = engine.StopRequest()
 
-    def _initial_state(self, args):
+    def _read_start_checkpoint(self, args):
+        """(path, loaded contents) of the checkpoint to resume (--resume [FILE]) or to start from
+        (--checkpoint FILE), or (None, None)."""
         if args.resume is not None:
-            path = args.resume or self.paths.last
-            if not args.resume and not os.path.exists(path):
-                raise MetaPoseError(f"--resume found nothing to resume: '{path}' does not exist. "
-                                    "Start without --resume, or pass --resume FILE.")
+            if args.resume:
+                path, checkpoint = args.resume, load_checkpoint(args.resume)
+            else:
+                path, checkpoint = find_resume_checkpoint(self.paths, self.logger)
+            check_training_checkpoint(checkpoint, path)
+            return path, checkpoint
+        if args.checkpoint:
+            return args.checkpoint, load_checkpoint(args.checkpoint)
+        return None, None
+
+    def _initial_state(self, args, path, checkpoint):
+        if args.resume is not None:
             state = resume_training(path, self.model, self.optimizer, self.scheduler, self.scaler,
-                                    self.config, self.logger)
+                                    self.config, self.logger, checkpoint)
             if dist_utils.is_main():
                 record_metrics(self.paths, None, keep_until_epoch=state.epoch)
             return state
-        if args.checkpoint:
-            weights = extract_state_dict(load_checkpoint(args.checkpoint), args.checkpoint)
-            load_model_weights(self.model, weights, args.checkpoint)
-            self.logger.info("initialised the model from '%s'", args.checkpoint)
+        if checkpoint is not None:
+            load_weights(self.model, checkpoint, path, self.config, self.logger)
+            self.logger.info("initialised the model from '%s'", path)
         return TrainState()
 
     def save(self, new_best=False):
@@ -453,14 +519,15 @@ def evaluate_checkpoint(config, context, paths, args, logger, writer):
             f"no checkpoint to evaluate: '{path}' does not exist. Pass --checkpoint "
             f"logs/<run>/checkpoints/best.pt (a run of yours) or put the released weights at "
             f"checkpoint/best_epoch_{encoder}.bin.")
-    model = build_model(config, context)
+    # The file and the data first: problems with them show before the (slower) model build.
     checkpoint = load_checkpoint(path)
-    load_model_weights(model, extract_state_dict(checkpoint, path), path)
     trained = isinstance(checkpoint, dict) and "model" in checkpoint
     epoch = checkpoint.get("epoch") if trained else None
     (val_set,) = build_datasets(config, context, ("validation",))
     loader = engine.build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
                                       context, config.speed.pin_memory)
+    model = build_model(config, context)
+    load_weights(model, checkpoint, path, config, logger)
     logger.info("evaluating '%s' on %d validation frames with %d process(es)%s", path,
                 len(val_set), context.world_size, ", flip test" if config.eval.flip_test else "")
     summary = engine.evaluate(model, loader,
@@ -503,6 +570,17 @@ def main(argv=None):
                     context.device)
         run = evaluate_checkpoint if args.eval else train
         status = run(config, context, paths, args, logger, writer)
+    except Exception as error:  # noqa: BLE001 (re-raised unless another process went away)
+        if isinstance(error, MetaPoseError) or not dist_utils.lost_peer(error):
+            raise
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if first.startswith("[") and "] " in first:  # "[.../pair.cc:561] Connection closed ..."
+            first = first.split("] ", 1)[1]
+        first = first.split(". ", 1)[0]
+        raise MetaPoseError(
+            f"process {context.rank} of {context.world_size} stopped because another process of "
+            f"this run stopped first ({first[:200]}). The error printed by that process says "
+            "why.") from None
     finally:
         writer.close()
         close_logger(logger)

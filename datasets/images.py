@@ -23,18 +23,41 @@ def read_image(path):
     """(H, W, 3) uint8 RGB pixels of the JPEG (or PNG) at `path`.
 
     Raises:
-        MetaPoseError naming the file when it is missing or cannot be decoded.
+        MetaPoseError naming the file when it is missing, unreadable, a truncated JPEG or cannot
+        be decoded. (The bytes are read here and decoded from memory, so that OpenCV and libjpeg
+        print nothing to stderr for such files.)
     """
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        if not os.path.isfile(path):
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        if not os.path.exists(path):
             raise MetaPoseError(
                 f"image '{path}' does not exist. Check data.root and data.image_dir, or set "
-                "data.skip_bad_images=true to drop frames whose image is missing.")
+                "data.skip_bad_images=true to drop frames whose image is missing.") from None
+        raise MetaPoseError(f"image '{path}' cannot be read ({error.strerror or error}). Check "
+                            "the file, or set data.skip_bad_images=true to drop such frames.") \
+            from None
+    if _truncated_jpeg(data):
         raise MetaPoseError(
-            f"image '{path}' cannot be decoded (corrupt or not an image). Replace it, or set "
+            f"image '{path}' is a truncated JPEG: its {data.size} bytes end before the JPEG end "
+            "marker (an interrupted copy or extraction?). Replace it, or set "
+            "data.skip_bad_images=true to drop such frames.")
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        reason = "an empty file" if not data.size else "corrupt or not an image"
+        raise MetaPoseError(
+            f"image '{path}' cannot be decoded ({reason}). Replace it, or set "
             "data.skip_bad_images=true to drop such frames.")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _truncated_jpeg(data):
+    """Whether `data` (uint8 file bytes) starts like a JPEG but has no end-of-image marker
+    (FF D9) in its last kilobyte. Entropy-coded JPEG data never holds FF D9, so a cut file lacks
+    it; writers that pad after the marker (zeros, newlines) still pass."""
+    if data.size < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return False
+    return data[-1024:].tobytes().rfind(b"\xff\xd9") < 0
 
 
 def crop_affine(center, scale, out_w=CROP_WIDTH, out_h=CROP_HEIGHT):

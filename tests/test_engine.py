@@ -365,3 +365,65 @@ def test_rng_state_round_trip_and_epoch_seeds():
     assert expected[2] == again[2]
     seeds = {dist_utils.epoch_seed(0, r, e) for r in range(4) for e in range(50)}
     assert len(seeds) == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Two gloo processes: a non-finite loss on one rank only
+
+
+def _two_rank_nan_worker(rank, port, out_dir):
+    """Rank `rank` of 2: one epoch where rank 1 alone has NaN losses on its steps 1 and 3, then an
+    epoch where rank 1's loss is always NaN (max_bad_steps=3). Writes what happened to a file."""
+    import datetime
+    import json
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}",
+                                         rank=rank, world_size=2,
+                                         timeout=datetime.timedelta(seconds=60))
+    try:
+        context = dist_utils.DistributedContext(rank=rank, world_size=2, local_rank=rank,
+                                                device=torch.device("cpu"))
+        torch.manual_seed(0)
+        model = FakeModel()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        loader = engine.build_train_loader(FakeDataset(40), 4, 0, seed=0, context=context)
+        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+        settings = engine.StepSettings(max_bad_steps=3, log_every=100)
+        loss_fn = NanLoss(bad={1, 3} if rank == 1 else ())
+        stats = engine.train_one_epoch(ddp, loss_fn, loader, optimizer, torch.device("cpu"), 0,
+                                       settings)
+        checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+        error = None
+        try:
+            engine.train_one_epoch(ddp, NanLoss(bad=range(100) if rank == 1 else ()), loader,
+                                   optimizer, torch.device("cpu"), 1, settings)
+        except MetaPoseError as caught:
+            error = str(caught)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+            json.dump({"steps": stats["steps"], "bad_steps": stats["bad_steps"],
+                       "loss": stats["loss"], "checksum": checksum, "error": error}, handle)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_non_finite_loss_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    """Both ranks skip the same steps (no hang: DDP's gradient exchange is skipped by both), count
+    them, keep identical weights, and stop together after max_bad_steps consecutive bad steps."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # fork: the children reuse the imported modules (a spawn re-imports torch in each one).
+    mp.start_processes(_two_rank_nan_worker, args=(port, str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
+    ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(2)]
+    for result in ranks:
+        assert result["steps"] == 3 and result["bad_steps"] == 2 and np.isfinite(result["loss"])
+        assert "not finite for 3 consecutive steps (epoch 2, step 3" in result["error"]
+    assert ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert ranks[0]["loss"] == ranks[1]["loss"]  # the averages are reduced over both ranks

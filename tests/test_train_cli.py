@@ -202,15 +202,85 @@ def test_eval_gives_the_same_result_with_1_2_3_processes(workspace, baseline):
             assert result["per_action"][name]["frames"] == values["frames"]
 
 
-def test_torchrun_two_processes_train_and_evaluate(workspace):
-    result = run_train(workspace.args("ddp", "train.epochs=1"), processes=2)
-    run_dir = workspace.run_dir("ddp")
-    (entry,) = read_metrics(run_dir)
-    assert entry["epoch"] == 1 and entry["frames"] == VAL_FRAMES
+@pytest.fixture(scope="module")
+def ddp_baseline(workspace):
+    """One uninterrupted 2-epoch run with 2 processes (torchrun), and its stdout."""
+    result = run_train(workspace.args("ddp"), processes=2)
+    return workspace.run_dir("ddp"), result.stdout
+
+
+def test_torchrun_two_processes_train_and_evaluate(ddp_baseline):
+    run_dir, stdout = ddp_baseline
+    metrics = read_metrics(run_dir)
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert all(m["frames"] == VAL_FRAMES for m in metrics)
     checkpoint = load(os.path.join(run_dir, "checkpoints", "last.pt"))
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng_states"]) == 2
     assert not any(k.startswith("module.") for k in checkpoint["model"])
-    assert "2 process(es)" in result.stdout and "4 steps per epoch" in result.stdout
+    assert "2 process(es)" in stdout and "4 steps per epoch" in stdout
+
+
+def _kill_tree(process):
+    """SIGKILL to a launcher and every process below it (torchrun starts each rank in a session
+    of its own, so killing its process group would leave the ranks running)."""
+    import psutil
+
+    try:
+        victims = [psutil.Process(process.pid)]
+        victims += victims[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        victims = []
+    for victim in victims:
+        try:
+            victim.kill()
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=60)
+    psutil.wait_procs(victims, timeout=30)
+
+
+def test_sigkill_then_resume_with_two_processes_is_exact(workspace, ddp_baseline):
+    """kill -9 of a 2-process run in epoch 2 (after epoch 1's checkpoint), with a half-written
+    checkpoint left beside it as a kill during a save leaves one; a bare --resume continues from
+    the last complete checkpoint and ends with the uninterrupted run's weights and metrics."""
+    run_dir = workspace.run_dir("killed")
+    process = subprocess.Popen(_command(workspace.args("killed"), processes=2), cwd=REPO,
+                               env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    output = []
+    try:
+        for line in process.stdout:
+            output.append(line)
+            if "epoch 2 step 2/4" in line:
+                break
+    finally:
+        _kill_tree(process)
+    process.stdout.close()
+    assert process.returncode == -signal.SIGKILL, "".join(output)[-3000:]
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    killed = load(os.path.join(checkpoints, "last.pt"))
+    assert killed["epoch"] == 1 and killed["batches_done"] == 0
+    assert [m["epoch"] for m in read_metrics(run_dir)] == [1]
+    with open(os.path.join(checkpoints, "last.pt"), "rb") as handle:
+        half = handle.read()[:4096]
+    partial = os.path.join(checkpoints, ".last.pt.interrupted.tmp")
+    with open(partial, "wb") as handle:
+        handle.write(half)
+
+    result = run_train(workspace.args("killed", "--resume"), processes=2)
+    assert "1 epoch(s) done" in result.stdout and not os.path.exists(partial)
+    reference_dir, _ = ddp_baseline
+    reference, resumed = read_metrics(reference_dir), read_metrics(run_dir)
+    assert [m["epoch"] for m in resumed] == [1, 2]
+    for a, b in zip(reference, resumed):
+        assert b["frames"] == a["frames"] == VAL_FRAMES
+        assert b["p1"] == pytest.approx(a["p1"], abs=1e-9)
+        assert b["p2"] == pytest.approx(a["p2"], abs=1e-9)
+    print(f"final P1, 2 processes: uninterrupted {reference[-1]['p1']:.4f} mm, killed after "
+          f"epoch 1 and resumed {resumed[-1]['p1']:.4f} mm")
+    a = load(os.path.join(reference_dir, "checkpoints", "last.pt"))
+    b = load(os.path.join(run_dir, "checkpoints", "last.pt"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,3 +337,28 @@ def test_metrics_file_drops_epochs_after_the_resumed_checkpoint(tmp_path):
     train.record_metrics(paths, {"epoch": 3, "p1": 0.5})
     kept = [(m["epoch"], m["p1"]) for m in read_metrics(str(tmp_path))]
     assert kept == [(1, 1.0), (2, 1.0), (3, 0.5)]
+
+
+def test_bare_resume_takes_the_newest_readable_checkpoint(tmp_path):
+    """last.pt damaged (e.g. copied incompletely): a bare --resume falls back to best.pt, with a
+    warning; with nothing readable left it says so."""
+    import logging
+
+    from utils.checkpoint import save_checkpoint
+
+    paths = train.RunPaths(str(tmp_path))
+    logger = logging.getLogger("test_resume")
+    save_checkpoint({"format": train.CHECKPOINT_FORMAT, "epoch": 2}, paths.last)
+    save_checkpoint({"format": train.CHECKPOINT_FORMAT, "epoch": 1}, paths.best)
+    path, checkpoint = train.find_resume_checkpoint(paths, logger)
+    assert path == paths.last and checkpoint["epoch"] == 2
+    with open(paths.last, "r+b") as handle:
+        handle.truncate(200)
+    path, checkpoint = train.find_resume_checkpoint(paths, logger)
+    assert path == paths.best and checkpoint["epoch"] == 1
+    os.remove(paths.best)
+    with pytest.raises(MetaPoseError, match="no readable checkpoint.*truncated"):
+        train.find_resume_checkpoint(paths, logger)
+    os.remove(paths.last)
+    with pytest.raises(MetaPoseError, match="found nothing to resume"):
+        train.find_resume_checkpoint(paths, logger)

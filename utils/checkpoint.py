@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import warnings
@@ -75,27 +76,46 @@ def load_checkpoint(path, map_location="cpu"):
         raise MetaPoseError(f"checkpoint '{path}' does not exist. Pass an existing file, e.g. "
                             "logs/<run>/checkpoints/best.pt.")
     if not os.path.isfile(path):
-        raise MetaPoseError(f"checkpoint '{path}' is not a file.")
+        raise MetaPoseError(f"checkpoint '{path}' is a folder, not a file. Pass the checkpoint "
+                            "file itself, e.g. logs/<run>/checkpoints/best.pt.")
     try:
         with warnings.catch_warnings():  # foreign pickles: the error below says it better
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "weights only" in str(error).lower() or "weights_only" in str(error).lower():
+        blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if blocked:  # weights-only loading met an object to import: a pickled class or function
             raise MetaPoseError(
-                f"checkpoint '{path}' holds Python objects other than tensors and plain "
-                f"containers, so it is refused for safety ({first}). Use a MetaPose checkpoint "
+                f"checkpoint '{path}' refers to the Python object {blocked.group(1)}, which a "
+                "weights file never needs, so it is refused for safety (it was opened with "
+                "torch.load(weights_only=True): nothing in it was run). Use a MetaPose checkpoint "
                 "or a plain state_dict saved with torch.save.") from None
-        raise MetaPoseError(f"'{path}' is not a PyTorch checkpoint ({first}). Pass a file written "
-                            "by torch.save, e.g. logs/<run>/checkpoints/best.pt.") from None
+        raise _unreadable(path, error) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
             AttributeError, TypeError, IndexError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        size = os.path.getsize(path)
-        raise MetaPoseError(f"checkpoint '{path}' ({size} bytes) cannot be read; it is truncated, "
-                            f"corrupt or not a PyTorch file ({first}). Use a complete checkpoint "
-                            "(e.g. the run's checkpoints/last.pt or best.pt).") from None
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path, error):
+    """The MetaPoseError for a file that torch.load could not read: a damaged torch.save archive
+    (zip) or a file of another kind."""
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"\x80"):  # a pickle stream: a plain pickle, or an old torch.save file
+        return MetaPoseError(f"'{path}' cannot be read as a PyTorch checkpoint: it is a pickle "
+                             "that torch.load does not accept (a plain pickle, or a truncated "
+                             "file of the format torch.save used before PyTorch 1.6). Pass a "
+                             "checkpoint written by torch.save, e.g. "
+                             "logs/<run>/checkpoints/best.pt.")
+    if not head.startswith(b"PK"):  # torch.save writes zip archives (PK...) since PyTorch 1.6
+        return MetaPoseError(f"'{path}' is not a PyTorch checkpoint: it starts with {head!r}, "
+                             "not with the zip header of files written by torch.save. Pass a "
+                             "checkpoint, e.g. logs/<run>/checkpoints/best.pt.")
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    return MetaPoseError(f"checkpoint '{path}' ({os.path.getsize(path)} bytes) cannot be read: it "
+                         f"is truncated or corrupt ({first}). Use a complete checkpoint (e.g. the "
+                         "run's checkpoints/last.pt or best.pt).")
 
 
 def extract_state_dict(checkpoint, path="checkpoint"):

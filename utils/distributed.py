@@ -171,6 +171,22 @@ def main_first(function):
     return result
 
 
+# How gloo and NCCL word the failure of a collective whose other side has gone away.
+_PEER_LOST_PHRASES = ("connection closed by peer", "connection reset by peer", "broken pipe",
+                      "remote worker crash", "remote process exited", "communicator was aborted")
+
+
+def lost_peer(error):
+    """Whether `error`, raised in a multi-process run, says that another process of the group
+    stopped (it crashed or exited on an error of its own): the collective could not complete."""
+    if not is_initialized() or world_size() < 2:
+        return False
+    if isinstance(error, (dist.DistNetworkError, dist.DistStoreError)):
+        return True
+    text = str(error).lower()
+    return any(phrase in text for phrase in _PEER_LOST_PHRASES)
+
+
 def all_gather_object(obj):
     """List of every process's `obj`, indexed by rank."""
     if not is_initialized():

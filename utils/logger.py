@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import warnings
 
 LOGGER_NAME = "metapose"
 # Loggers of the project's packages (modules log with logging.getLogger(__name__)); they all go
@@ -31,7 +32,8 @@ def setup_logger(rank=0, log_file=None):
 
     Rank 0 logs INFO and above to stdout and, when `log_file` is given, appends to that file
     (with timestamps). Other ranks print only warnings and errors, prefixed with their rank, so
-    that N processes do not print everything N times. Calling it again replaces the handlers.
+    that N processes do not print everything N times. Python warnings are logged as warnings
+    of this logger until close_logger. Calling it again replaces the handlers.
     """
     handlers = _make_handlers(rank, log_file)
     for name in PROJECT_LOGGERS:
@@ -41,7 +43,25 @@ def setup_logger(rank=0, log_file=None):
         logger.propagate = False
         for handler in handlers:
             logger.addHandler(handler)
+    _capture_warnings()
     return logging.getLogger(LOGGER_NAME)
+
+
+_original_showwarning = None
+
+
+def _log_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning replacement: one log line "<Category>: <message>" (no source line)."""
+    logging.getLogger(LOGGER_NAME).warning("%s: %s", category.__name__, message)
+
+
+def _capture_warnings():
+    """Python warnings (e.g. "randomly initialised") go to the run's log (console and log.txt)
+    instead of raw stderr, until close_logger."""
+    global _original_showwarning
+    if _original_showwarning is None:
+        _original_showwarning = warnings.showwarning
+    warnings.showwarning = _log_warning
 
 
 def _make_handlers(rank, log_file):
@@ -76,11 +96,16 @@ def _remove_handlers(logger):
 def close_logger(logger=None):
     """Closes and removes the handlers of the project's loggers (files are flushed) and gives
     them back their default behaviour (propagate to the root logger)."""
+    global _original_showwarning
     for name in PROJECT_LOGGERS:
         project_logger = logging.getLogger(name)
         _remove_handlers(project_logger)
         project_logger.propagate = True
         project_logger.setLevel(logging.NOTSET)
+    if _original_showwarning is not None:
+        if warnings.showwarning is _log_warning:
+            warnings.showwarning = _original_showwarning
+        _original_showwarning = None
 
 
 class NullWriter:
