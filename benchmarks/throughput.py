@@ -1,79 +1,122 @@
-"""Throughput benchmark of the MetaPose model step (DESIGN 5 and 6).
+"""Throughput benchmark of MetaPose training and evaluation (DESIGN 5 and 6).
 
-Random inputs of the real shapes; measures the training step (forward, backward, AdamW step),
-evaluation with flip test, the frozen image encoder forward alone (the ceiling a training step
-approaches), the text encoder time per step, and peak memory. `--data DIR` measures the real
-DataLoader on the JPEGs of a (synthetic) set instead, so input stalls show up.
+Model mode (default) feeds the engine's own loops (`engine.train_one_epoch`, `engine.evaluate`)
+with a batch of the real shapes and ranges held in host memory, as the DataLoader delivers it
+(uint8 images, pinned on CUDA), so each step includes the copy to the device, the GPU-side
+normalisation and flips, forward, loss, backward and the AdamW step; no image decoding. It
+reports:
+
+    train_samples_per_s    training steps
+    eval_samples_per_s     evaluation with flip test (and the metric accumulation)
+    encoder_samples_per_s  the frozen image encoder's forward alone: the ceiling of a step
+    text_s_per_step        the text encoder's forward + backward on the batch's actions
+    peak_mem_gb            peak memory of the training steps (CUDA: max allocated; CPU: the
+                           process's peak resident set size, model included)
+
+`--plain` turns every `speed.*` option off: fp32, no channels-last, no cuDNN autotuning, the
+full 77-token text recomputed at every forward pass (evaluation too), reference sampling, no
+pinned memory: the published implementation's way of running the same model. `--compare` runs
+the plain and then the fast configuration in one process (same seed, so the same weights) and
+adds the ratios and the largest difference between their predictions.
+
+`--data DIR` measures the real input pipeline instead: `engine.build_train_loader` over the
+(synthetic or real) set in DIR, JPEG decoding in `--workers` processes, pinning, and
+`engine.prepare_batch` on the device; with `--with_model` the training steps run on those
+batches too, so input stalls show as the gap to the model-only figure.
 
     python benchmarks/throughput.py --device cpu --batch 8
-    python benchmarks/throughput.py --device cuda --batch 400 --json
-    python benchmarks/throughput.py --data data/synthetic --workers 16 --batch 400
+    python benchmarks/throughput.py --device cuda --batch 400 --compare --json
+    python benchmarks/throughput.py --data /tmp/synthetic --workers 16 --batch 400 --with_model
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+import engine  # noqa: E402
+from utils import distributed as dist_utils  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
-from utils.flip import flip_images, flip_joints_3d, flip_keypoints_2d, flip_keypoints_crop  # noqa: E402
-from utils.geometry import normalize_images  # noqa: E402
 from utils.skeleton import ACTION_IDS, CROP_HEIGHT, CROP_WIDTH, NUM_JOINTS  # noqa: E402
 
 DEFAULT_CONFIG = "experiments/human36m/human36m.yaml"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What --plain changes: every speed option off (the published implementation's way).
+PLAIN_OVERRIDES = ("speed.amp=none", "speed.channels_last=false", "speed.cudnn_benchmark=false",
+                   "speed.truncate_text=false", "speed.cache_text=false",
+                   "speed.fast_sampling=false",
+                   "speed.sample_then_project=false", "speed.compile=false",
+                   "speed.pin_memory=false")
+NO_LOGGING = 10 ** 9  # log_every for the engine loops: no log lines inside timed steps
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"),
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", type=int, default=None, help="default: 400 on cuda, 8 on cpu")
     parser.add_argument("--image_encoder", choices=("hrnet_32", "hrnet_48"), default=None)
     parser.add_argument("--text_encoder", choices=("ViT-B/32", "ViT-L/14"), default=None)
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 20 cuda, 3 cpu)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 5 cuda, 1 cpu)")
-    parser.add_argument("--plain", action="store_true",
-                        help="the unoptimised path: fp32, no channels-last, full 77-token text, reference sampling")
-    parser.add_argument("--data", default=None, help="measure the DataLoader on this data root instead")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers for --data")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps (default 20 cuda, 3 cpu)")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps first (default 5 cuda, 1 cpu)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--plain", action="store_true",
+                      help="every speed option off: fp32, no channels-last, full 77-token text "
+                           "recomputed at every forward pass, reference sampling")
+    mode.add_argument("--compare", action="store_true",
+                      help="run --plain and the fast configuration in one process; add ratios")
+    parser.add_argument("--data", default=None,
+                        help="measure the DataLoader on the set in this folder (data.root)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader workers for --data (default data.num_workers)")
+    parser.add_argument("--with_model", action="store_true",
+                        help="with --data: also run the training steps on the loaded batches")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for name in ("batch", "steps"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise MetaPoseError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    if args.warmup is not None and args.warmup < 0:
+        raise MetaPoseError(f"--warmup must be 0 or more, got {args.warmup}.")
+    if args.with_model and not args.data:
+        raise MetaPoseError("--with_model needs --data DIR (the model alone is the default mode).")
+    if args.compare and args.data:
+        raise MetaPoseError("--compare measures the model alone; run --data once with and once "
+                            "without --plain instead.")
+    return args
 
 
-def build_config(args):
+def build_config(args, plain):
     overrides = ["model.image_encoder.pretrained=null", "model.text_encoder.pretrained=null"]
     if args.image_encoder:
         overrides.append(f"model.image_encoder.type={args.image_encoder}")
     if args.text_encoder:
         overrides.append(f"model.text_encoder.type={args.text_encoder}")
-    if args.plain:
-        overrides += ["speed.amp=none", "speed.channels_last=false", "speed.truncate_text=false",
-                      "speed.fast_sampling=false", "speed.compile=false"]
+    if args.data:
+        overrides += [f"data.root={args.data}", "data.synthetic.enabled=false"]
+    if plain:
+        overrides += list(PLAIN_OVERRIDES)
     return load_config(args.config, overrides + list(args.overrides))
 
 
-def random_batch(batch, image_size, device):
-    """Inputs of the real shapes and ranges (uint8 images as the DataLoader delivers them)."""
-    height, width = image_size
-    generator = torch.Generator().manual_seed(0)
-    crop = torch.rand(batch, NUM_JOINTS, 2, generator=generator) * torch.tensor([CROP_WIDTH - 1, CROP_HEIGHT - 1])
-    return {
-        "image": torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8, generator=generator).to(device),
-        "keypoints_2d": (torch.rand(batch, NUM_JOINTS, 2, generator=generator) * 2 - 1).to(device),
-        "keypoints_2d_crop": crop.to(device),
-        "joints_3d": (torch.randn(batch, NUM_JOINTS, 3, generator=generator) * 0.3).to(device),
-        "action": torch.tensor(ACTION_IDS)[torch.randint(0, len(ACTION_IDS), (batch,), generator=generator)].to(device),
-    }
+# ----------------------------------------------------------------------------------------------
+# Timing and memory
 
 
 def synchronize(device):
@@ -81,145 +124,363 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
+def reset_peak_memory(device):
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:  # Linux: "5" resets the resident-set high-water mark (VmHWM) to the current size
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_gb(device):
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1024 ** 3
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1024 ** 3
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1024 ** 3
+
+
 def timed(function, steps, warmup, device):
-    """Seconds per call of `function` after `warmup` untimed calls."""
-    for _ in range(warmup):
-        function()
+    """Seconds per call of `function(count)` running `count` steps, after `warmup` untimed ones."""
+    if warmup:
+        function(warmup)
     synchronize(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        function()
+    function(steps)
     synchronize(device)
     return (time.perf_counter() - start) / steps
 
 
-def autocast(config, device):
-    amp = config.speed.amp
-    if device.type != "cuda" or amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+# ----------------------------------------------------------------------------------------------
+# Model mode
+
+
+def random_host_batch(batch, image_size, pin):
+    """A collated batch as the training DataLoader delivers it (uint8 images, half of the
+    samples marked for flipping), in host memory; pinned if `pin`."""
+    height, width = image_size
+    generator = torch.Generator().manual_seed(0)
+    joints = torch.randn(batch, NUM_JOINTS, 3, generator=generator) * 0.3
+    data = {
+        "image": torch.randint(0, 256, (batch, 3, height, width), dtype=torch.uint8,
+                               generator=generator),
+        "keypoints_2d": torch.rand(batch, NUM_JOINTS, 2, generator=generator) * 2 - 1,
+        "keypoints_2d_crop": torch.rand(batch, NUM_JOINTS, 2, generator=generator)
+        * torch.tensor([CROP_WIDTH - 1.0, CROP_HEIGHT - 1.0]),
+        "joints_3d": joints - joints[:, :1],
+        "action": torch.tensor(ACTION_IDS)[torch.randint(0, len(ACTION_IDS), (batch,),
+                                                         generator=generator)],
+        "subject": torch.full((batch,), 9, dtype=torch.int64),
+        "index": torch.arange(batch),
+        "flip": torch.rand(batch, generator=generator) < 0.5,
+    }
+    return {name: value.pin_memory() if pin else value for name, value in data.items()}
+
+
+class RepeatedBatches:
+    """`count` references to one host batch: a stand-in DataLoader for the engine loops."""
+
+    def __init__(self, batch, count):
+        self.batch, self.count = batch, count
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        return iter([self.batch] * self.count)
+
+
+def build_for_benchmark(config, device):
+    """MetaPose as train.py builds it (seeded, speed options applied) and its optimizer."""
+    from models import build_model
+    from models.speed import prepare_model_for_speed
+
+    torch.manual_seed(config.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random initialisation is intended here
+        model = prepare_model_for_speed(build_model(config).to(device), config, device)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.train.lr,
+                                  weight_decay=config.train.weight_decay)
+    return model, optimizer
 
 
 def measure_model(config, device, batch, steps, warmup):
-    from models import build_model
-    from models.speed import prepare_model_for_speed, uses_channels_last
+    """The figures of one configuration (see the module docstring)."""
+    model, optimizer = build_for_benchmark(config, device)
+    settings = engine.StepSettings.from_config(config)
+    settings.log_every = NO_LOGGING
+    loss_fn = engine.build_loss(config)
+    scaler = torch.amp.GradScaler("cuda") if settings.amp == "fp16" and device.type == "cuda" \
+        else None
+    pin = bool(config.speed.pin_memory) and device.type == "cuda"
+    host = random_host_batch(batch, config.data.image_size, pin)
+    eval_host = {name: value for name, value in host.items() if name != "flip"}
+    channels_last = bool(config.speed.channels_last)
 
-    model = build_model(config).to(device)
-    prepare_model_for_speed(model, config, device)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.train.lr,
-                                  weight_decay=config.train.weight_decay)
-    data = random_batch(batch, config.data.image_size, device)
-    images = normalize_images(data["image"])
-    if uses_channels_last(config, device):
-        images = images.contiguous(memory_format=torch.channels_last)
+    # The prediction of the freshly built model (before any step changes the weights), for
+    # comparing configurations: built with the same seed, they hold the same weights.
+    model.eval()
+    with torch.no_grad():
+        first_prediction = engine.predict(
+            model, engine.prepare_batch(eval_host, device, channels_last), flip_test=True,
+            amp=settings.amp).float().cpu()
 
-    def train_step():
-        model.train()
-        with autocast(config, device):
-            pred = model(images, data["keypoints_2d"], data["keypoints_2d_crop"], data["action"])
-            loss = (pred.float() - data["joints_3d"]).norm(dim=-1).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def train(count):
+        engine.train_one_epoch(model, loss_fn, RepeatedBatches(host, count), optimizer, device,
+                               0, settings, scaler=scaler)
 
-    def eval_step():
-        model.eval()
-        with torch.inference_mode(), autocast(config, device):
-            pred = model(images, data["keypoints_2d"], data["keypoints_2d_crop"], data["action"])
-            mirrored = model(flip_images(images), flip_keypoints_2d(data["keypoints_2d"]),
-                             flip_keypoints_crop(data["keypoints_2d_crop"]), data["action"])
-            (pred.float() + flip_joints_3d(mirrored.float())) / 2
+    def evaluate(count):
+        engine.evaluate(model, RepeatedBatches(eval_host, count), device, flip_test=True,
+                        amp=settings.amp, channels_last=channels_last)
 
-    def encoder_step():
-        with torch.inference_mode(), autocast(config, device):
-            model.image_encoder(images)
+    images = []  # prepared after the training phase, so they do not count in its peak memory
 
-    unique_actions = data["action"].unique()
+    def encoder(count):
+        with torch.no_grad(), engine.autocast_context(device, settings.amp):
+            for _ in range(count):
+                model.image_encoder(images[0])
 
-    def text_step():
-        model.train()
-        features = model.text_encoder(unique_actions)
-        features.float().sum().backward()
+    actions = host["action"].to(device)
+    text_encoder = model.text_encoder
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    train_s = timed(train_step, steps, warmup, device)
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    eval_s = timed(eval_step, steps, warmup, device)
-    encoder_s = timed(encoder_step, steps, warmup, device)
-    text_s = timed(text_step, steps, warmup, device)
-    trainable = sum(p.numel() for p in model.trainable_parameters())
-    return {
+    def text(count):
+        text_encoder.train()
+        for _ in range(count):
+            with engine.autocast_context(device, settings.amp):
+                features = text_encoder(actions)
+            features.float().sum().backward()
+            text_encoder.prompts.grad = None
+
+    reset_peak_memory(device)
+    train_s = timed(train, steps, warmup, device)
+    train_peak = peak_memory_gb(device)
+    # What the allocator held (nvidia-smi shows this plus the CUDA context).
+    train_reserved = torch.cuda.max_memory_reserved(device) / 1024 ** 3 \
+        if device.type == "cuda" else None
+    reset_peak_memory(device)
+    eval_s = timed(evaluate, steps, warmup, device)
+    eval_peak = peak_memory_gb(device)
+    images.append(engine.prepare_batch(eval_host, device, channels_last)["images"])
+    encoder_s = timed(encoder, steps, warmup, device)
+    text_s = timed(text, steps, warmup, device)
+    text_actions = int(host["action"].unique().numel())
+    encoder_text = model.text_encoder
+    if encoder_text.mode == "joint":
+        text_rows = [0]
+    elif encoder_text.encode_all_actions or (encoder_text.encode_all_actions is None
+                                             and device.type != "cpu"):
+        text_rows = range(len(encoder_text.row_lengths))
+    else:
+        text_rows = (host["action"].unique() - ACTION_IDS[0]).tolist()
+    text_length = encoder_text._sequence_length(text_rows)
+    figures = {
         "train_samples_per_s": batch / train_s,
         "eval_samples_per_s": batch / eval_s,
         "encoder_samples_per_s": batch / encoder_s,
-        "train_over_encoder": (batch / train_s) / (batch / encoder_s),
         "text_s_per_step": text_s,
-        "text_actions_per_step": int(unique_actions.numel()),
-        "peak_mem_gb": peak / 1024 ** 3,
-        "peak_mem_kind": "cuda max_memory_allocated" if device.type == "cuda" else "process max RSS",
-        "trainable_parameters": trainable,
+        "peak_mem_gb": train_peak,
+        "peak_mem_reserved_gb": train_reserved,
+        "eval_peak_mem_gb": eval_peak,
+        "train_over_encoder": encoder_s / train_s,
+        "text_share_of_train_step": text_s / train_s,
+        "text_sequences_per_step": len(text_rows) * NUM_JOINTS,
+        "text_tokens_per_sequence": text_length,
+        "actions_in_batch": text_actions,
+        "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
     }
+    del model, optimizer, host, eval_host, images
+    release_memory(device)
+    return figures, first_prediction
 
 
-def measure_data(config, args, batch, steps, warmup):
+def release_memory(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------
+# Data mode
+
+
+class LoaderBatches:
+    """`count` batches drawn from a DataLoader, starting a new epoch whenever one ends."""
+
+    def __init__(self, loader, count, state):
+        self.loader, self.count, self.state = loader, count, state
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        for _ in range(self.count):
+            try:
+                yield next(self.state["iterator"])
+            except StopIteration:
+                self.state["epoch"] += 1
+                self.loader.sampler.set_epoch(self.state["epoch"])
+                self.loader.dataset.set_epoch(self.state["epoch"])
+                self.state["iterator"] = iter(self.loader)
+                yield next(self.state["iterator"])
+
+
+def measure_data(config, args, device, batch, steps, warmup):
+    """Samples per second of the training input pipeline (decode, collate, pin, copy,
+    normalise and flip on the device) and, with --with_model, of whole training steps on it."""
     from datasets import build_dataset
-    from datasets.samplers import TrainSampler
 
-    overrides = [f"data.root={args.data}"]
-    config = load_config(args.config, overrides + list(args.overrides))
     dataset = build_dataset(config, "train")
     workers = args.workers if args.workers is not None else config.data.num_workers
-    sampler = TrainSampler(len(dataset), 1, 0, config.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                                         pin_memory=torch.cuda.is_available(), drop_last=True,
-                                         persistent_workers=workers > 0)
-    if len(loader) < warmup + 1:
-        raise MetaPoseError(f"--data {args.data} holds {len(dataset)} training frames, too few for "
-                            f"{warmup + 1} batches of {batch}; use a smaller --batch or a larger set.")
-    iterator = iter(loader)
-    for _ in range(warmup):
-        next(iterator)
-    count = 0
-    start = time.perf_counter()
-    for _ in range(min(steps, len(loader) - warmup)):
-        count += next(iterator)["image"].shape[0]
-    elapsed = time.perf_counter() - start
-    return {"data_samples_per_s": count / elapsed, "workers": workers, "frames": len(dataset)}
+    context = dist_utils.DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
+    loader = engine.build_train_loader(dataset, batch, workers, config.seed, context,
+                                       config.speed.pin_memory)
+    if len(loader) < 1 or len(dataset) < batch:
+        raise MetaPoseError(f"--data {args.data} holds {len(dataset)} training frames, fewer "
+                            f"than one batch of {batch}; use a smaller --batch or a larger set.")
+    loader.sampler.set_epoch(0)
+    loader.dataset.set_epoch(0)
+    state = {"epoch": 0, "iterator": iter(loader)}
+    channels_last = bool(config.speed.channels_last)
+
+    def load(count):
+        for host in LoaderBatches(loader, count, state):
+            engine.prepare_batch(host, device, channels_last)
+
+    figures = {"data_samples_per_s": batch / timed(load, steps, warmup, device),
+               "workers": workers, "frames": len(dataset), "image_mode": dataset.image_mode,
+               "pin_memory": bool(loader.pin_memory)}
+    if args.with_model:
+        model, optimizer = build_for_benchmark(config, device)
+        settings = engine.StepSettings.from_config(config)
+        settings.log_every = NO_LOGGING
+        loss_fn = engine.build_loss(config)
+
+        def train(count):
+            engine.train_one_epoch(model, loss_fn, LoaderBatches(loader, count, state),
+                                   optimizer, device, 0, settings)
+
+        reset_peak_memory(device)
+        figures["train_samples_per_s"] = batch / timed(train, steps, warmup, device)
+        figures["peak_mem_gb"] = peak_memory_gb(device)
+    del state["iterator"]  # shuts the workers down
+    return figures
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
 
 
 def describe_device(device):
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        properties = torch.cuda.get_device_properties(device)
+        return (f"{properties.name} ({properties.total_memory / 1024 ** 3:.0f} GiB, "
+                f"CUDA {torch.version.cuda})")
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            name = next(line.split(":", 1)[1].strip() for line in handle
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"cpu ({name}, {cores} cores, {torch.get_num_threads()} threads)"
+
+
+def git_commit():
+    try:
+        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    commit = result.stdout.strip() or "unknown"
+    return commit + ("+changes" if dirty.stdout.strip() else "")
+
+
+def effective_speed(config, device):
+    """The speed options as they act on `device` (autocast, channels-last and cuDNN are
+    CUDA-only)."""
+    speed = dict(config.speed)
+    if device.type != "cuda":
+        speed.update(amp="none", channels_last=False, cudnn_benchmark=False, pin_memory=False)
+    return speed
+
+
+def load_average():
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def ratios(fast, plain):
+    keys = ("train_samples_per_s", "eval_samples_per_s", "encoder_samples_per_s")
+    out = {key.replace("_samples_per_s", "_speedup"): fast[key] / plain[key] for key in keys}
+    out["text_speedup"] = plain["text_s_per_step"] / fast["text_s_per_step"]
+    out["peak_mem_ratio"] = fast["peak_mem_gb"] / plain["peak_mem_gb"]
+    return out
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
-        raise MetaPoseError("--device cuda was asked for but PyTorch sees no CUDA device; use --device cpu.")
+        raise MetaPoseError("--device cuda was asked for but PyTorch sees no CUDA device; use "
+                            "--device cpu.")
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
     batch = args.batch or (400 if on_gpu else 8)
     steps = args.steps or (20 if on_gpu else 3)
     warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
-    config = build_config(args)
-    if args.data:
-        figures = measure_data(config, args, batch, steps, warmup)
-    else:
-        figures = measure_model(config, device, batch, steps, warmup)
+    config = build_config(args, plain=args.plain)
     report = {
-        "device": describe_device(device), "torch": torch.__version__, "batch": batch,
-        "image_encoder": config.model.image_encoder.type, "text_encoder": config.model.text_encoder.type,
-        "image_size": list(config.data.image_size), "amp": config.speed.amp if on_gpu else "none",
-        "plain": args.plain, "steps": steps, **figures,
+        "device": describe_device(device), "torch": torch.__version__, "commit": git_commit(),
+        "config": args.config, "batch": batch, "steps": steps, "warmup": warmup,
+        "image_encoder": config.model.image_encoder.type,
+        "text_encoder": config.model.text_encoder.type,
+        "image_size": list(config.data.image_size),
+        "mode": "compare" if args.compare else "plain" if args.plain else "fast",
+        "speed": effective_speed(config, device),
+        "load_average_start": load_average(),
     }
+    if args.data:
+        report.update(measure_data(config, args, device, batch, steps, warmup))
+    elif args.compare:
+        plain_config = build_config(args, plain=True)
+        plain, plain_prediction = measure_model(plain_config, device, batch, steps, warmup)
+        fast, fast_prediction = measure_model(config, device, batch, steps, warmup)
+        scale = plain_prediction.abs().max().clamp_min(1e-12)
+        report.update(fast)
+        report["plain"] = plain
+        report.update(ratios(fast, plain))
+        report["prediction_max_abs_diff_mm"] = float(
+            (fast_prediction - plain_prediction).abs().max()) * 1000.0
+        report["prediction_max_rel_diff"] = float(
+            (fast_prediction - plain_prediction).abs().max() / scale)
+    else:
+        report.update(measure_model(config, device, batch, steps, warmup)[0])
+    report["load_average_end"] = load_average()
     if args.json:
         print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:>24}: {value:.4g}" if isinstance(value, float) else f"{key:>24}: {value}")
+        return 0
+    for key, value in report.items():
+        if isinstance(value, dict):
+            print(f"{key:>26}:")
+            for name, item in value.items():
+                print(f"{'':>28}{name}: {item:.4g}" if isinstance(item, float)
+                      else f"{'':>28}{name}: {item}")
+        else:
+            print(f"{key:>26}: {value:.4g}" if isinstance(value, float)
+                  else f"{key:>26}: {value}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -42,10 +42,12 @@ class LevelSampler(nn.Module):
 class SpatialBlock(nn.Module):
     """y = LN(x + points); x = x + DropPath(DeformAttn(y, ref)); x = x + DropPath(MLP(LN(x)))."""
 
-    def __init__(self, embed_dim, level_channels, heads, points, mlp_ratio, drop, drop_path, fast):
+    def __init__(self, embed_dim, level_channels, heads, points, mlp_ratio, drop, drop_path, fast,
+                 sample_then_project=True):
         super().__init__()
         self.norm_query = layer_norm(embed_dim)
-        self.attn = DeformableSamplingAttention(embed_dim, level_channels, heads, points, fast=fast)
+        self.attn = DeformableSamplingAttention(embed_dim, level_channels, heads, points, fast=fast,
+                                                sample_then_project=sample_then_project)
         self.norm_mlp = layer_norm(embed_dim)
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path)
@@ -64,10 +66,11 @@ class SpatialEnhancer(nn.Module):
     as a fifth level."""
 
     def __init__(self, embed_dim, level_channels, depth=4, heads=4, points=4, mlp_ratio=2.0,
-                 drop=0.0, drop_path=0.1, fast=True):
+                 drop=0.0, drop_path=0.1, fast=True, sample_then_project=True):
         super().__init__()
         self.blocks = nn.ModuleList(
-            SpatialBlock(embed_dim, level_channels, heads, points, mlp_ratio, drop, drop_path, fast)
+            SpatialBlock(embed_dim, level_channels, heads, points, mlp_ratio, drop, drop_path, fast,
+                         sample_then_project)
             for _ in range(depth))
         self.apply(init_transformer_weights)
         for block in self.blocks:
@@ -94,13 +97,14 @@ class SemanticBlock(nn.Module):
     x = x + DropPath(DeformAttn(y, ref)); x = x + DropPath(MLP(LN(x)))."""
 
     def __init__(self, embed_dim, level_channels, joints, heads, points, mlp_ratio, drop, drop_path,
-                 fast):
+                 fast, sample_then_project=True):
         super().__init__()
         self.norm_query = layer_norm(embed_dim)
         self.ref_offset = nn.Linear(embed_dim, 2)
         self.norm_sampled = layer_norm(embed_dim)
         self.query_pos = nn.Parameter(torch.zeros(len(level_channels), joints, embed_dim))
-        self.attn = DeformableSamplingAttention(embed_dim, level_channels, heads, points, fast=fast)
+        self.attn = DeformableSamplingAttention(embed_dim, level_channels, heads, points, fast=fast,
+                                                sample_then_project=sample_then_project)
         self.norm_mlp = layer_norm(embed_dim)
         self.mlp = MLP(embed_dim, int(embed_dim * mlp_ratio), drop=drop)
         self.drop_path = DropPath(drop_path)
@@ -124,11 +128,11 @@ class SemanticEnhancer(nn.Module):
     appended as a fifth level. The reference step layer starts at zero (no move)."""
 
     def __init__(self, embed_dim, level_channels, joints=17, depth=4, heads=4, points=4,
-                 mlp_ratio=2.0, drop=0.0, drop_path=0.1, fast=True):
+                 mlp_ratio=2.0, drop=0.0, drop_path=0.1, fast=True, sample_then_project=True):
         super().__init__()
         self.blocks = nn.ModuleList(
             SemanticBlock(embed_dim, level_channels, joints, heads, points, mlp_ratio, drop,
-                          drop_path, fast)
+                          drop_path, fast, sample_then_project)
             for _ in range(depth))
         self.apply(init_transformer_weights)
         for block in self.blocks:

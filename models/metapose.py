@@ -25,7 +25,7 @@ class MetaPose(nn.Module):
     def __init__(self, image_encoder, text_encoder, embed_dim=128, depth=4, deform_heads=4,
                  deform_points=4, mlp_ratio=2.0, lift_heads=8, align_heads=4, drop_rate=0.0,
                  drop_path=(0.1, 0.2), enhancer_drop_path=0.1, joints=NUM_JOINTS,
-                 freeze_image_encoder=True, fast_sampling=True):
+                 freeze_image_encoder=True, fast_sampling=True, sample_then_project=True):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -43,7 +43,7 @@ class MetaPose(nn.Module):
 
         enhancer_args = dict(depth=depth, heads=deform_heads, points=deform_points,
                              mlp_ratio=mlp_ratio, drop=drop_rate, drop_path=enhancer_drop_path,
-                             fast=fast_sampling)
+                             fast=fast_sampling, sample_then_project=sample_then_project)
         self.spatial = SpatialEnhancer(embed_dim, level_channels, **enhancer_args)
         self.semantic = SemanticEnhancer(embed_dim, level_channels, joints=joints, **enhancer_args)
         self.alignment = TransformationAlignment(embed_dim, heads=align_heads, drop=drop_rate)
@@ -112,6 +112,10 @@ class MetaPose(nn.Module):
         text_tokens = self.text_embed(text_features.to(point_tokens.dtype)) + self.text_pos
         reference = crop_pixels_to_grid(keypoints_2d_crop)  # (B, P, 2) grid coordinates
         reference = reference.unsqueeze(1).expand(batch, levels, joints, 2)
+        # Maps are sampled in the precision of the points: under autocast grid_sample promotes a
+        # bf16 map to float32 at every call (and keeps each copy for the backward pass); one cast
+        # here gives the same numbers once. A no-op without autocast.
+        maps = [feature.to(reference.dtype) for feature in maps]
         level_tokens = self.level_sampler(maps, reference) + self.level_embed  # (B, L, P, D)
 
         x_p = self.spatial(level_tokens, point_tokens, reference, maps)  # (B, L+1, P, D)
@@ -126,8 +130,9 @@ class MetaPose(nn.Module):
 
 def build_model(config):
     """MetaPose from `config.model.*` (see utils/defaults.yaml) and `config.speed.truncate_text`
-    / `config.speed.fast_sampling`. Missing pretrained files raise MetaPoseError; `null` paths
-    give random initialisation (with a warning)."""
+    / `cache_text` / `fast_sampling` / `sample_then_project` (ways of computing the same thing).
+    Missing pretrained files raise MetaPoseError; `null` paths give random initialisation (with
+    a warning)."""
     model_cfg = config.model
     image_cfg, text_cfg = model_cfg.image_encoder, model_cfg.text_encoder
     speed = config.get("speed", {})
@@ -136,7 +141,8 @@ def build_model(config):
     text_encoder = build_text_encoder(text_cfg.type, text_cfg.pretrained, text_cfg.mode,
                                       text_cfg.prompt_tokens, width=text_cfg.width,
                                       layers=text_cfg.layers,
-                                      truncate=speed.get("truncate_text", True))
+                                      truncate=speed.get("truncate_text", True),
+                                      cache=speed.get("cache_text", True))
     return MetaPose(
         image_encoder, text_encoder,
         embed_dim=model_cfg.embed_dim,
@@ -150,4 +156,5 @@ def build_model(config):
         enhancer_drop_path=model_cfg.enhancer_drop_path,
         freeze_image_encoder=image_cfg.frozen,
         fast_sampling=speed.get("fast_sampling", True),
+        sample_then_project=speed.get("sample_then_project", True),
     )

@@ -1,6 +1,13 @@
-"""Speed settings that leave the computation unchanged: channels-last HRNet, torch.compile."""
+"""Speed settings that leave the computation unchanged: channels-last HRNet, cuDNN autotuning,
+torch.compile (the others, `speed.truncate_text`, `fast_sampling` and `sample_then_project`,
+are read by `models.build_model`; `speed.amp` and `pin_memory` by the engine)."""
 
 import torch
+
+# The parts of MetaPose that `speed.compile` compiles: the image encoder and the pose network.
+# The text encoder stays eager (its feature cache is Python logic around the transformer).
+COMPILED_MODULES = ("image_encoder", "level_sampler", "spatial", "semantic", "alignment",
+                    "lifting")
 
 
 def uses_channels_last(config, device):
@@ -8,17 +15,42 @@ def uses_channels_last(config, device):
     return bool(config.speed.channels_last) and torch.device(device).type == "cuda"
 
 
-def prepare_model_for_speed(model, config, device):
-    """Applies `config.speed` to a built MetaPose in place and returns it.
+def _to_channels_last(module, args):
+    """Forward pre-hook: the images enter a channels-last encoder in channels-last layout
+    (a no-op when the caller already made them so, as engine.prepare_batch does)."""
+    images = args[0]
+    if images.dim() == 4 and not images.is_contiguous(memory_format=torch.channels_last):
+        images = images.contiguous(memory_format=torch.channels_last)
+    return (images,) + tuple(args[1:])
 
-    - channels_last: the frozen HRNet's weights go to channels-last memory format on CUDA (its
-      inputs must then be channels-last too: see engine.prepare_batch);
-    - compile: the pose network's blocks (enhancers, alignment, lifting) are wrapped with
-      torch.compile; the encoders keep eager mode (the text encoder caches in Python).
+
+def to_channels_last(encoder):
+    """Puts a convolutional encoder's weights in channels-last format and makes it convert its
+    input likewise (on any device; `prepare_model_for_speed` does it on CUDA). Returns it."""
+    encoder.to(memory_format=torch.channels_last)
+    encoder.register_forward_pre_hook(_to_channels_last)
+    return encoder
+
+
+def prepare_model_for_speed(model, config, device):
+    """Applies `config.speed` to a built MetaPose on `device` in place and returns it.
+
+    - channels_last (CUDA): the HRNet's weights go to channels-last memory format and a
+      forward pre-hook converts its input, so every caller (training, flip-test evaluation,
+      inference tools) feeds it channels-last images; its maps come out channels-last.
+    - cudnn_benchmark (CUDA): cuDNN times its convolution algorithms for each new input shape
+      and keeps the fastest (a process-wide setting; shapes are fixed here, so it pays once).
+    - compile: `COMPILED_MODULES` are compiled in place (`nn.Module.compile`), which keeps
+      module names and state_dict keys unchanged, so checkpoints load either way and DDP can
+      wrap the model as usual.
     """
+    device = torch.device(device)
+    speed = config.speed
     if uses_channels_last(config, device):
-        model.image_encoder.to(memory_format=torch.channels_last)
-    if config.speed.compile:
-        for name in ("spatial", "semantic", "alignment", "lifting"):
-            setattr(model, name, torch.compile(getattr(model, name)))
+        to_channels_last(model.image_encoder)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(speed.get("cudnn_benchmark", True))
+    if speed.compile:
+        for name in COMPILED_MODULES:
+            getattr(model, name).compile()
     return model

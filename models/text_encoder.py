@@ -216,11 +216,14 @@ class PromptedTextEncoder(nn.Module):
     (17, prompt_tokens, W)) placed between the start-of-text token and the joint's sentence.
     The CLIP weights (`clip`) are frozen and always in eval mode; only `prompts` trains.
     Token ids are tokenised once into non-persistent buffers (derived from models/prompts.py,
-    so they are not stored in checkpoints).
+    so they are not stored in checkpoints). `truncate` (run only up to the longest sentence)
+    and `cache` (keep the features of no-grad calls until a parameter changes) save time
+    without changing the features.
     """
 
     def __init__(self, width, layers, heads, output_dim, mode="joint_action", prompt_tokens=10,
-                 truncate=True, vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH):
+                 truncate=True, vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH,
+                 cache=True):
         super().__init__()
         if mode not in TEXT_MODES:
             raise MetaPoseError(f"model.text_encoder.mode is {mode!r}; use one of "
@@ -231,6 +234,7 @@ class PromptedTextEncoder(nn.Module):
         self.mode = mode
         self.prompt_tokens = int(prompt_tokens)
         self.truncate = bool(truncate)
+        self.cache = bool(cache)
         self.output_dim = output_dim
         self.clip = CLIPTextTransformer(width, layers, heads, output_dim, vocab_size,
                                         context_length)
@@ -246,6 +250,11 @@ class PromptedTextEncoder(nn.Module):
         # Sequence length each row needs (plain ints so truncation never syncs with the device).
         self.row_lengths = tuple(int(v) + 1 for v in eot_index.amax(dim=1).tolist())
         self.encoder_runs = 0   # number of transformer passes; read by tests and benchmarks
+        # With gradients, encode every action instead of the distinct ones of the batch: None =
+        # when the ids are on an accelerator, where finding the distinct ids (torch.unique and
+        # reading them back) would wait for the device; a training batch of hundreds of frames
+        # holds all 15 actions anyway. The features are the same either way.
+        self.encode_all_actions = None
         self._cache = None      # (key, features (R, 17, Dt)) for no-grad calls
         self._watched = None    # parameters whose versions key the cache
         self.reset_prompts()
@@ -331,13 +340,14 @@ class PromptedTextEncoder(nn.Module):
         Returns (A, 17, Dt) float, Dt = output_dim, joints in H36M order. In joint mode the A
         rows are one (17, Dt) tensor expanded (a view: do not write into it in place).
         Without gradients to track (no_grad / inference, or frozen prompts) the features of all
-        actions are cached until a parameter changes; with gradients only the distinct
-        requested actions are encoded, truncated to their longest sentence.
+        actions are cached until a parameter changes (unless `cache` is off); otherwise only
+        the distinct requested actions are encoded, truncated to their longest sentence (on an
+        accelerator all actions, see `encode_all_actions`).
         """
         self._check_actions(action_ids)
         num = action_ids.shape[0]
         joint_mode = self.mode == "joint"
-        if not (torch.is_grad_enabled() and self.prompts.requires_grad):
+        if self.cache and not (torch.is_grad_enabled() and self.prompts.requires_grad):
             features = self.all_features()
             if joint_mode:
                 return features.expand(num, -1, -1)
@@ -346,6 +356,12 @@ class PromptedTextEncoder(nn.Module):
 
         if joint_mode:
             return self._encode_rows(None, self._sequence_length([0])).expand(num, -1, -1)
+        encode_all = self.encode_all_actions
+        if encode_all is None:
+            encode_all = action_ids.device.type != "cpu"
+        if encode_all:
+            features = self._encode_rows(None, self._sequence_length(range(NUM_ACTIONS)))
+            return features.index_select(0, action_ids.long() - FIRST_ACTION_ID)
         unique, inverse = torch.unique(action_ids.long(), return_inverse=True)
         rows = (unique - FIRST_ACTION_ID).tolist()  # one device sync per training step
         if rows and (rows[0] < 0 or rows[-1] >= NUM_ACTIONS):
@@ -419,7 +435,7 @@ def load_clip_text_weights(clip, path, type_name):
 
 
 def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers=None,
-                       truncate=True):
+                       truncate=True, cache=True):
     """Builds the prompted CLIP text encoder.
 
     type: 'ViT-B/32' or 'ViT-L/14' (model.text_encoder.type).
@@ -430,6 +446,8 @@ def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers
         heads = max(1, width // 64) and output_dim = width (no pretrained file fits such a model).
     truncate: run the causal encoder only up to the longest requested sentence
         (speed.truncate_text).
+    cache: keep the features of no-grad calls (evaluation) until a parameter changes
+        (speed.cache_text).
     """
     if type not in CLIP_TEXT_CONFIGS:
         raise MetaPoseError(f"model.text_encoder.type is {type!r}; valid types are "
@@ -443,7 +461,7 @@ def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers
                             "positive integers or null.")
     heads = max(1, width_value // HEAD_WIDTH)
     encoder = PromptedTextEncoder(width_value, layer_count, heads, output_dim, mode,
-                                  prompt_tokens, truncate)
+                                  prompt_tokens, truncate, cache=cache)
     if pretrained is None:
         warnings.warn(f"model.text_encoder.pretrained is null: the CLIP text encoder {type} is "
                       "randomly initialised, so its features carry no language knowledge "
