@@ -5,33 +5,29 @@
 """
 
 import argparse
-import functools
-import glob
 import json
-import math
 import os
-import subprocess
 import time
-from dataclasses import dataclass
 
 import torch
 
 import engine
 from utils import distributed as dist_utils
-from utils.checkpoint import (atomic_copy, atomic_write_text, extract_state_dict, load_checkpoint,
-                              load_model_weights, save_checkpoint)
+from utils.checkpoint import atomic_write_text, load_checkpoint
 from utils.cli import run_cli
-from utils.config import CHOICES, config_to_yaml, load_config
+from utils.config import CHOICES, load_config
 from utils.errors import MetaPoseError
 from utils.logger import build_tb_writer, close_logger, setup_logger
 from utils.metrics import format_table
+from utils.run_dir import REPO_ROOT, metrics_record, prepare_run_dir, record_metrics, record_run
+from utils.training_checkpoint import (TrainState, check_training_checkpoint,
+                                       find_resume_checkpoint, load_weights, resume_training,
+                                       save_training_checkpoint)
 
-REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
 # File names of the published weights; --image_encoder/--text_encoder switch between them.
 IMAGE_ENCODER_FILES = {"hrnet_32": "pose_hrnet_w32_256x192.pth",
                        "hrnet_48": "pose_hrnet_w48_256x192.pth"}
 TEXT_ENCODER_FILES = {"ViT-B/32": "ViT-B-32.pt", "ViT-L/14": "ViT-L-14.pt"}
-CHECKPOINT_FORMAT = "metapose-training-checkpoint-v1"
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -93,102 +89,6 @@ def resolve_config(args):
     return load_config(args.config, flags + list(args.overrides))
 
 
-@functools.lru_cache(maxsize=None)
-def git_commit():
-    """The repository's HEAD commit, or "unknown" (not a git checkout, git missing)."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
-
-
-# ----------------------------------------------------------------------------------------------
-# Run directory
-
-
-@dataclass
-class RunPaths:
-    root: str
-
-    @property
-    def checkpoints(self):
-        return os.path.join(self.root, "checkpoints")
-
-    @property
-    def last(self):
-        return os.path.join(self.checkpoints, "last.pt")
-
-    @property
-    def best(self):
-        return os.path.join(self.checkpoints, "best.pt")
-
-    @property
-    def metrics(self):
-        return os.path.join(self.root, "metrics.jsonl")
-
-    def file(self, name):
-        return os.path.join(self.root, name)
-
-
-def prepare_run_dir(args, config):
-    """Creates `<logdir>/<run_name>` (rank 0); refuses to start a fresh run over old checkpoints."""
-    stem = os.path.splitext(os.path.basename(args.config))[0]
-    name = args.run_name or f"{stem}_{config.model.image_encoder.type}"
-    paths = RunPaths(os.path.join(args.logdir, name))
-
-    def create():
-        try:
-            os.makedirs(paths.checkpoints if not args.eval else paths.root, exist_ok=True)
-            probe = paths.file(f".write_test_{os.getpid()}")
-            with open(probe, "w", encoding="utf-8") as handle:
-                handle.write("ok")
-            os.remove(probe)
-        except OSError as error:
-            raise MetaPoseError(f"cannot write the run directory '{paths.root}' under --logdir "
-                                f"'{args.logdir}' ({error.strerror or error}). Pass a writable "
-                                "--logdir.") from None
-        if args.resume is not None:
-            for stale in glob.glob(os.path.join(paths.checkpoints, ".*.tmp")):
-                os.remove(stale)  # left by a save that was killed midway; the real files are intact
-        if not args.eval and args.resume is None:
-            existing = [p for p in (paths.last, paths.best) if os.path.exists(p)]
-            if existing:
-                raise MetaPoseError(
-                    f"run directory '{paths.root}' already holds checkpoints "
-                    f"({', '.join(existing)}) from an earlier run. Pass --resume to continue "
-                    "that run, or --run_name NAME to start a new one; nothing was overwritten.")
-
-    if dist_utils.is_main():
-        create()
-    return paths
-
-
-def record_metrics(paths, record, keep_until_epoch=None):
-    """Appends `record` to metrics.jsonl by rewriting the file atomically; with
-    `keep_until_epoch`, lines of later epochs (left by a run resumed from an older checkpoint)
-    are dropped first."""
-    lines = []
-    if os.path.exists(paths.metrics):
-        with open(paths.metrics, "r", encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                entry = json.loads(line)
-                if keep_until_epoch is not None and (entry.get("epoch") or 0) > keep_until_epoch:
-                    continue
-                lines.append(line.rstrip("\n"))
-    if record is not None:
-        lines.append(json.dumps(record))
-    atomic_write_text(paths.metrics, "".join(line + "\n" for line in lines))
-
-
-def metrics_record(summary, epoch):
-    return {"epoch": epoch, "p1": summary["p1"], "p2": summary["p2"], "frames": summary["frames"],
-            "per_action": summary["per_action"]}
-
-
 # ----------------------------------------------------------------------------------------------
 # Building
 
@@ -211,127 +111,6 @@ def build_datasets(config, context, splits):
 
     return dist_utils.main_first(
         lambda: [build_dataset(config, split, context.rank) for split in splits])
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0                # completed epochs
-    batches_done: int = 0         # batches of epoch `epoch` trained before an interruption
-    best_p1: float = math.inf
-    eval_pending: bool = False    # epoch `epoch` finished but its evaluation was interrupted
-    rng_states: list = None
-
-
-def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, config, new_best):
-    """Writes checkpoints/last.pt (and best.pt on a new best) on rank 0; every rank's RNG state is
-    gathered into it."""
-    rng_states = dist_utils.gather_rng_states()
-    if not dist_utils.is_main():
-        return
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT, "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "scaler": scaler.state_dict() if scaler else None,
-        "epoch": state.epoch, "batches_done": state.batches_done,
-        "eval_pending": state.eval_pending, "best_p1": state.best_p1,
-        "config": json.loads(json.dumps(config)),
-        "world_size": dist_utils.world_size(), "batch_size": config.train.batch_size,
-        "rng_states": rng_states, "git_commit": git_commit(),
-    }
-    save_checkpoint(checkpoint, paths.last)
-    if new_best:
-        atomic_copy(paths.last, paths.best)
-
-
-def load_weights(model, checkpoint, path, config, logger):
-    """Copies the weights of a loaded `checkpoint` into `model`. When the checkpoint records the
-    config it was trained with, a mismatch error also names the model settings that differ (and
-    a checkpoint that fits in spite of such differences is loaded with a warning)."""
-    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    changed = []
-    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
-        changed = [key for key in _changed_keys(saved["model"],
-                                                json.loads(json.dumps(config.model)), "model.")
-                   if ".pretrained " not in key]  # initial weights do not matter once loaded
-    try:
-        load_model_weights(model, extract_state_dict(checkpoint, path), path)
-    except MetaPoseError as error:
-        if not changed:
-            raise
-        raise MetaPoseError(f"{error} The checkpoint was saved with other model settings: "
-                            f"{', '.join(changed)}.") from None
-    if changed:
-        logger.warning("'%s' was saved with other model settings (%s); its weights fit this "
-                       "model and are used", path, ", ".join(changed))
-
-
-def find_resume_checkpoint(paths, logger):
-    """(path, loaded checkpoint) of the newest complete checkpoint of the run directory for a
-    bare --resume: checkpoints/last.pt, or best.pt (an older epoch) when last.pt is missing or
-    cannot be read."""
-    candidates = [path for path in (paths.last, paths.best) if os.path.exists(path)]
-    if not candidates:
-        raise MetaPoseError(f"--resume found nothing to resume: '{paths.last}' does not exist. "
-                            "Start without --resume, or pass --resume FILE.")
-    problems = []
-    for path in candidates:
-        try:
-            return path, load_checkpoint(path)
-        except MetaPoseError as error:
-            problems.append(str(error))
-            logger.warning("cannot resume from '%s': %s", path, error)
-    raise MetaPoseError(f"--resume found no readable checkpoint in '{paths.checkpoints}': "
-                        f"{' '.join(problems)}")
-
-
-def check_training_checkpoint(checkpoint, path):
-    """Raises MetaPoseError unless `checkpoint` (loaded from `path`) can be resumed."""
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise MetaPoseError(f"'{path}' is not a MetaPose training checkpoint (no optimizer "
-                            "state), so it cannot be resumed. Use --checkpoint to start from its "
-                            "weights.")
-
-
-def resume_training(path, model, optimizer, scheduler, scaler, config, logger, checkpoint=None):
-    """Loads a training checkpoint (`checkpoint`, or the file `path`) into the model, optimizer,
-    scheduler and scaler; returns the TrainState to continue from."""
-    if checkpoint is None:
-        checkpoint = load_checkpoint(path)
-    check_training_checkpoint(checkpoint, path)
-    load_weights(model, checkpoint, path, config, logger)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    if scaler is not None and checkpoint.get("scaler"):
-        scaler.load_state_dict(checkpoint["scaler"])
-    state = TrainState(epoch=checkpoint["epoch"], batches_done=checkpoint["batches_done"],
-                       best_p1=checkpoint["best_p1"], eval_pending=checkpoint["eval_pending"],
-                       rng_states=checkpoint["rng_states"])
-    changed = _changed_keys(checkpoint["config"], json.loads(json.dumps(config)))
-    if changed:
-        logger.info("config differs from the checkpoint's in: %s", ", ".join(changed))
-    same_layout = (checkpoint["world_size"] == dist_utils.world_size()
-                   and checkpoint["batch_size"] == config.train.batch_size)
-    if state.batches_done and not same_layout:
-        logger.warning("the interrupted epoch %d ran with %d process(es) and batch %d, now %d "
-                       "and %d: it restarts from its beginning", state.epoch + 1,
-                       checkpoint["world_size"], checkpoint["batch_size"],
-                       dist_utils.world_size(), config.train.batch_size)
-        state.batches_done = 0
-    logger.info("resumed from '%s': %d epoch(s) done%s, lr %.3g, best P1 %.2f mm", path,
-                state.epoch, f" + {state.batches_done} batches" if state.batches_done else "",
-                optimizer.param_groups[0]["lr"], state.best_p1)
-    return state
-
-
-def _changed_keys(old, new, prefix=""):
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, prefix + key + ".")
-        elif a != b and key != "config_path":
-            keys.append(f"{prefix}{key} ({a!r} -> {b!r})")
-    return keys
 
 
 # ----------------------------------------------------------------------------------------------
@@ -542,17 +321,6 @@ def evaluate_checkpoint(config, context, paths, args, logger, writer):
         logger.info("P1 %.2f mm  P2 %.2f mm  (%d frames); wrote %s", summary["p1"], summary["p2"],
                     summary["frames"], paths.file("eval.json"))
     return 0
-
-
-def record_run(paths, config, args):
-    """The resolved config (headed by the git commit) and the commit itself, in the run directory
-    (an evaluation leaves the config of an earlier training run in place)."""
-    if args.eval and os.path.exists(paths.file("config.yaml")):
-        return
-    commit = git_commit()
-    atomic_write_text(paths.file("config.yaml"),
-                      f"# git commit: {commit}\n" + config_to_yaml(config))
-    atomic_write_text(paths.file("git_commit.txt"), commit + "\n")
 
 
 def main(argv=None):

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 import train
+from utils import run_dir, training_checkpoint
 from utils.errors import MetaPoseError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -330,11 +331,11 @@ def test_unwritable_logdir_and_missing_eval_checkpoint(tmp_path, monkeypatch):
 
 
 def test_metrics_file_drops_epochs_after_the_resumed_checkpoint(tmp_path):
-    paths = train.RunPaths(str(tmp_path))
+    paths = run_dir.RunPaths(str(tmp_path))
     for epoch in (1, 2, 3):
-        train.record_metrics(paths, {"epoch": epoch, "p1": 1.0})
-    train.record_metrics(paths, None, keep_until_epoch=2)
-    train.record_metrics(paths, {"epoch": 3, "p1": 0.5})
+        run_dir.record_metrics(paths, {"epoch": epoch, "p1": 1.0})
+    run_dir.record_metrics(paths, None, keep_until_epoch=2)
+    run_dir.record_metrics(paths, {"epoch": 3, "p1": 0.5})
     kept = [(m["epoch"], m["p1"]) for m in read_metrics(str(tmp_path))]
     assert kept == [(1, 1.0), (2, 1.0), (3, 0.5)]
 
@@ -346,19 +347,19 @@ def test_bare_resume_takes_the_newest_readable_checkpoint(tmp_path):
 
     from utils.checkpoint import save_checkpoint
 
-    paths = train.RunPaths(str(tmp_path))
+    paths = run_dir.RunPaths(str(tmp_path))
     logger = logging.getLogger("test_resume")
-    save_checkpoint({"format": train.CHECKPOINT_FORMAT, "epoch": 2}, paths.last)
-    save_checkpoint({"format": train.CHECKPOINT_FORMAT, "epoch": 1}, paths.best)
-    path, checkpoint = train.find_resume_checkpoint(paths, logger)
+    save_checkpoint({"format": training_checkpoint.CHECKPOINT_FORMAT, "epoch": 2}, paths.last)
+    save_checkpoint({"format": training_checkpoint.CHECKPOINT_FORMAT, "epoch": 1}, paths.best)
+    path, checkpoint = training_checkpoint.find_resume_checkpoint(paths, logger)
     assert path == paths.last and checkpoint["epoch"] == 2
     with open(paths.last, "r+b") as handle:
         handle.truncate(200)
-    path, checkpoint = train.find_resume_checkpoint(paths, logger)
+    path, checkpoint = training_checkpoint.find_resume_checkpoint(paths, logger)
     assert path == paths.best and checkpoint["epoch"] == 1
     os.remove(paths.best)
     with pytest.raises(MetaPoseError, match="no readable checkpoint.*truncated"):
-        train.find_resume_checkpoint(paths, logger)
+        training_checkpoint.find_resume_checkpoint(paths, logger)
     os.remove(paths.last)
     with pytest.raises(MetaPoseError, match="found nothing to resume"):
-        train.find_resume_checkpoint(paths, logger)
+        training_checkpoint.find_resume_checkpoint(paths, logger)
