@@ -33,16 +33,6 @@ def _official_layout_checkpoint(model, joints=17, seed=0):
     return state
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    # these convolutions are tiny; on a shared 2-core machine OpenMP threads fighting other
-    # processes make them several times slower than one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def w32():
     return HRNet(32)

@@ -31,16 +31,6 @@ def _count(parameters):
     return sum(p.numel() for p in parameters)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These CPU tests run 2-3x faster with one intra-op thread on a shared 2-core machine
-    (spinning OpenMP workers compete with other processes); restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def paper_model():
     torch.manual_seed(0)
