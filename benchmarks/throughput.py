@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 import warnings
@@ -49,10 +48,10 @@ from utils import distributed as dist_utils  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
+from utils.run_dir import git_commit, has_uncommitted_changes  # noqa: E402
 from utils.skeleton import ACTION_IDS, CROP_HEIGHT, CROP_WIDTH, NUM_JOINTS  # noqa: E402
 
 DEFAULT_CONFIG = "experiments/human36m/human36m.yaml"
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What --plain changes: every speed option off (the published implementation's way).
 PLAIN_OVERRIDES = ("speed.amp=none", "speed.channels_last=false", "speed.cudnn_benchmark=false",
                    "speed.truncate_text=false", "speed.cache_text=false",
@@ -394,18 +393,6 @@ def describe_device(device):
     return f"cpu ({name}, {cores} cores, {torch.get_num_threads()} threads)"
 
 
-def git_commit():
-    try:
-        result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                                capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    commit = result.stdout.strip() or "unknown"
-    return commit + ("+changes" if dirty.stdout.strip() else "")
-
-
 def effective_speed(config, device):
     """The speed options as they act on `device` (autocast, channels-last and cuDNN are
     CUDA-only)."""
@@ -442,7 +429,7 @@ def main(argv=None):
     warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
     config = build_config(args, plain=args.plain)
     report = {
-        "device": describe_device(device), "torch": torch.__version__, "commit": git_commit(),
+        "device": describe_device(device), "torch": torch.__version__, "commit": git_commit() + ("+changes" if has_uncommitted_changes() else ""),
         "config": args.config, "batch": batch, "steps": steps, "warmup": warmup,
         "image_encoder": config.model.image_encoder.type,
         "text_encoder": config.model.text_encoder.type,

@@ -1,6 +1,5 @@
 """Transformer pieces shared by the MetaPose modules: DropPath, MLP, self/cross attention, Block."""
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

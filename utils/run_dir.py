@@ -15,15 +15,25 @@ from utils.errors import MetaPoseError
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _git(*arguments):
+    """stdout of `git ARGUMENTS` in the repository, or None (not a checkout, git missing)."""
+    try:
+        result = subprocess.run(["git", *arguments], cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
 @functools.lru_cache(maxsize=None)
 def git_commit():
     """The repository's HEAD commit, or "unknown" (not a git checkout, git missing)."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 and result.stdout.strip() else "unknown"
+    return _git("rev-parse", "HEAD") or "unknown"
+
+
+def has_uncommitted_changes():
+    """Whether tracked files differ from HEAD (False when git cannot tell)."""
+    return bool(_git("status", "--porcelain", "--untracked-files=no"))
 
 
 @dataclass
