@@ -112,11 +112,11 @@ def test_visualize_tool_rejects_bad_input(tmp_path):
     out = str(tmp_path / "out.png")
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(MetaPoseError, match="cannot be loaded"):
+    with pytest.raises(MetaPoseError, match="is not a PyTorch checkpoint"):
         main(["--config", config, "--checkpoint", str(garbage), "--out", out])
     not_weights = tmp_path / "not_weights.pt"
     torch.save({"epoch": 3}, not_weights)
-    with pytest.raises(MetaPoseError, match="state_dict"):
+    with pytest.raises(MetaPoseError, match="is not a model checkpoint"):
         main(["--config", config, "--checkpoint", str(not_weights), "--out", out])
     with pytest.raises(MetaPoseError, match="config file"):
         main(["--config", str(tmp_path / "none.yaml"), "--checkpoint", str(garbage), "--out", out])

@@ -7,7 +7,6 @@ Usage:
 
 import argparse
 import os
-import pickle
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -16,6 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
+from utils.checkpoint import extract_state_dict, load_checkpoint, load_model_weights  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
@@ -33,45 +33,6 @@ def parse_args(argv):
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("overrides", nargs="*", help="config overrides, dotted.key=value")
     return parser.parse_args(argv)
-
-
-def load_model_state(path):
-    """The model state_dict from an engine checkpoint ({'model': ...}) or a raw state_dict."""
-    if not os.path.isfile(path):
-        raise MetaPoseError(f"checkpoint '{path}' does not exist. Pass the file written by training "
-                            "(for example <logdir>/<run>/checkpoints/best.pt) with --checkpoint.")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MetaPoseError(f"checkpoint '{path}' cannot be loaded as tensors only ({first_line}). "
-                            "It must be a PyTorch file holding a state_dict or a dict with a "
-                            "'model' state_dict, as saved by train.py.") from None
-    state = content.get("model", content) if isinstance(content, dict) else None
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(value, torch.Tensor) for value in state.values()):
-        raise MetaPoseError(f"checkpoint '{path}' holds neither a model state_dict nor a dict with "
-                            "a 'model' state_dict; pass a checkpoint written by train.py.")
-    # Weights saved from a DistributedDataParallel wrapper carry a 'module.' prefix.
-    if all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
-    return state
-
-
-def load_weights(model, state, path):
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        detail = " ".join(str(error).split())[:400]
-        raise MetaPoseError(f"checkpoint '{path}' does not fit the model built from the config "
-                            f"({detail}). Use the config (and overrides) the checkpoint was "
-                            "trained with.") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise MetaPoseError(
-            f"checkpoint '{path}' does not fit the model built from the config: "
-            f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[:3]}) and "
-            f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[:3]}). "
-            "Use the config (and overrides) the checkpoint was trained with.")
 
 
 def sample_title(sample):
@@ -94,7 +55,7 @@ def main(argv=None):
         raise MetaPoseError(f"--device {args.device} was asked for but CUDA is not available; "
                             "use --device cpu.")
 
-    state = load_model_state(args.checkpoint)
+    state = extract_state_dict(load_checkpoint(args.checkpoint), args.checkpoint)
 
     # Imported here: they are heavy, and input errors should not wait for them.
     from datasets import build_dataset
@@ -103,7 +64,7 @@ def main(argv=None):
     from utils.visualization import save_samples_png
 
     model = build_model(config)
-    load_weights(model, state, args.checkpoint)
+    load_model_weights(model, state, args.checkpoint)
     model.to(device).eval()
 
     dataset = build_dataset(config, args.split)
