@@ -1,275 +1,25 @@
 """Training and evaluation loops: `train_one_epoch` and `evaluate`, each returning a dict.
 
-Also owns what those loops need around them: the loss module (named terms), moving a batch to the
-device with its flips, mixed precision, the data loaders and a cooperative stop on SIGTERM/SIGINT.
+The pieces around them live beside what they belong to: the loss in models/loss.py, flip-test
+prediction in models/flip_test.py, batch transforms in datasets/transforms.py, the loaders in
+datasets/loaders.py, mixed precision in utils/precision.py, signal handling in utils/signals.py.
 All cross-process communication goes through utils.distributed.
 """
 
-import contextlib
 import math
-import signal
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
-from torch.utils.data import DataLoader, Sampler
 
-from datasets.samplers import ShardSampler, TrainSampler
+from datasets.transforms import model_inputs, prepare_batch
+from models.flip_test import predict
 from utils import distributed as dist_utils
 from utils.errors import MetaPoseError
-from utils.flip import (flip_images, flip_joints_3d, flip_keypoints_2d, flip_keypoints_crop,
-                        flip_where)
-from utils.geometry import normalize_images
 from utils.logger import get_logger
-from utils.metrics import ActionErrorAccumulator, mpjpe
+from utils.metrics import ActionErrorAccumulator
+from utils.precision import autocast_context
 from utils.skeleton import ACTION_NAMES
-
-# ----------------------------------------------------------------------------------------------
-# Loss
-
-
-class PoseLoss(nn.Module):
-    """Weighted sum of the training terms; returns every term by name for logging.
-
-    Terms: "mpjpe" — Protocol #1 MPJPE in metres between the predicted and ground-truth
-    root-relative poses (mean over joints and frames); "kl" — the transformation-alignment KL
-    divergence reported by the model (only when its weight is non-zero).
-    """
-
-    def __init__(self, mpjpe_weight: float = 1.0, kl_weight: float = 0.0):
-        super().__init__()
-        self.mpjpe_weight = float(mpjpe_weight)
-        self.kl_weight = float(kl_weight)
-
-    @property
-    def needs_aux(self):
-        """Whether the model must be called with return_aux=True (for the KL term)."""
-        return self.kl_weight > 0
-
-    @property
-    def term_names(self):
-        """Keys of the dict that `forward` returns, in order."""
-        return ("loss", "mpjpe", "kl") if self.needs_aux else ("loss", "mpjpe")
-
-    def forward(self, pred, target, aux=None):
-        """
-        Args:
-            pred: (B, 17, 3) predicted root-relative joints, metres.
-            target: (B, 17, 3) ground-truth root-relative joints, metres.
-            aux: the model's auxiliary outputs ({"kl": scalar tensor}) or None.
-        Returns:
-            dict of scalar tensors: "loss" (the weighted total), "mpjpe" (metres), and "kl"
-            when its weight is non-zero.
-        """
-        terms = {"mpjpe": mpjpe(pred.float(), target.float()).mean()}
-        total = self.mpjpe_weight * terms["mpjpe"]
-        if self.needs_aux:
-            if aux is None or "kl" not in aux:
-                raise RuntimeError("loss.kl > 0 but the model returned no 'kl' term")
-            terms["kl"] = aux["kl"].float()
-            total = total + self.kl_weight * terms["kl"]
-        return {"loss": total, **terms}
-
-
-def build_loss(config):
-    return PoseLoss(mpjpe_weight=config.loss.mpjpe, kl_weight=config.loss.kl)
-
-
-# ----------------------------------------------------------------------------------------------
-# Batches, precision
-
-
-def autocast_context(device, amp):
-    """bf16/fp16 autocast on CUDA; nothing on the CPU or with amp == "none"."""
-    if device.type != "cuda" or amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def prepare_batch(batch, device, channels_last=False):
-    """Moves a collated batch to `device`, normalises the images and applies the per-sample flips.
-
-    Args:
-        batch: dict from the DataLoader: image uint8 (B,3,H,W), keypoints_2d (B,17,2) normalised
-            screen, keypoints_2d_crop (B,17,2) crop pixels, joints_3d (B,17,3) metres, action
-            (B,), flip bool (B,).
-    Returns:
-        dict with images float (B,3,H,W) ImageNet-normalised, keypoints_2d, keypoints_2d_crop,
-        joints_3d and actions, where the samples marked `flip` are mirrored consistently
-        (image, both 2D joint sets and the 3D target; DESIGN 1.3).
-    """
-    # Asynchronous copies (the DataLoader pins its batches when training on CUDA): nothing here
-    # waits for the device, so the host can queue the step while the previous one still runs.
-    non_blocking = device.type == "cuda"
-
-    def move(tensor):
-        return tensor.to(device, non_blocking=non_blocking)
-
-    images = move(batch["image"])
-    if channels_last and device.type == "cuda":
-        # uint8 (a quarter of the float bytes); the normalised images inherit the layout.
-        images = images.contiguous(memory_format=torch.channels_last)
-    out = {
-        "images": images,
-        "keypoints_2d": move(batch["keypoints_2d"]),
-        "keypoints_2d_crop": move(batch["keypoints_2d_crop"]),
-        "joints_3d": move(batch["joints_3d"]),
-        "actions": move(batch["action"]),
-    }
-    flip = batch.get("flip")
-    # Whether any sample flips is read from the host copy of the mask (on the device it would
-    # be a sync). Images flip as uint8: mirroring commutes with the per-channel normalisation.
-    if flip is not None and bool(flip.any()):
-        mask = move(flip).bool()
-        out["images"] = flip_where(mask, out["images"], flip_images)
-        out["keypoints_2d"] = flip_where(mask, out["keypoints_2d"], flip_keypoints_2d)
-        out["keypoints_2d_crop"] = flip_where(mask, out["keypoints_2d_crop"], flip_keypoints_crop)
-        out["joints_3d"] = flip_where(mask, out["joints_3d"], flip_joints_3d)
-    out["images"] = normalize_images(out["images"])
-    return out
-
-
-def _model_inputs(inputs):
-    return inputs["images"], inputs["keypoints_2d"], inputs["keypoints_2d_crop"], inputs["actions"]
-
-
-# ----------------------------------------------------------------------------------------------
-# Data loading
-
-
-class EpochSyncedDataset(torch.utils.data.Dataset):
-    """Makes `set_epoch` reach DataLoader workers that outlive an epoch (persistent_workers).
-
-    Workers hold copies of the dataset made when they start; the epoch number lives here in a
-    shared-memory tensor, and every `__getitem__` forwards it to the worker's copy first.
-    """
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
-
-    def set_epoch(self, epoch):
-        self._epoch.fill_(int(epoch))
-        self.dataset.set_epoch(int(epoch))
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        epoch = int(self._epoch)
-        if getattr(self.dataset, "epoch", None) != epoch:
-            self.dataset.set_epoch(epoch)
-        return self.dataset[index]
-
-
-class ResumableSampler(Sampler):
-    """Wraps a sampler so that the next pass can start after the first `skip` indices (resuming
-    in the middle of an epoch: the batches already trained on are not loaded again)."""
-
-    def __init__(self, sampler):
-        self.sampler = sampler
-        self._skip = 0
-
-    def set_epoch(self, epoch):
-        self.sampler.set_epoch(epoch)
-
-    def skip_next(self, count):
-        """The next iteration leaves out its first `count` indices (applies once)."""
-        self._skip = int(count)
-
-    def __len__(self):
-        return max(len(self.sampler) - self._skip, 0)
-
-    def __iter__(self):
-        indices = list(self.sampler)
-        skip, self._skip = self._skip, 0
-        return iter(indices[skip:])
-
-
-def _loader_generator(seed):
-    generator = torch.Generator()
-    generator.manual_seed(int(seed))
-    return generator
-
-
-def build_train_loader(dataset, batch_size, num_workers, seed, context, pin_memory=True):
-    """DataLoader over `dataset` for this process's share of each shuffled epoch.
-
-    Uses TrainSampler (the same permutation on every rank, padded to equal shares) wrapped in a
-    ResumableSampler. Batches are full (drop_last) whenever a process has at least one full
-    batch, so every rank runs the same number of steps. Base seeds of the workers come from a
-    dedicated generator, so creating an iterator never consumes the global RNG.
-    """
-    sampler = ResumableSampler(TrainSampler(len(dataset), context.world_size, context.rank,
-                                            seed=seed, shuffle=True))
-    return DataLoader(EpochSyncedDataset(dataset), batch_size=batch_size, sampler=sampler,
-                      num_workers=num_workers,
-                      pin_memory=pin_memory and context.device.type == "cuda",
-                      drop_last=len(sampler) >= batch_size, persistent_workers=num_workers > 0,
-                      generator=_loader_generator(seed))
-
-
-def build_eval_loader(dataset, batch_size, num_workers, context, pin_memory=True):
-    """DataLoader over this process's contiguous shard (ShardSampler): every frame exactly once
-    over all processes, no padding."""
-    sampler = ShardSampler(len(dataset), context.world_size, context.rank)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=pin_memory and context.device.type == "cuda", drop_last=False,
-                      persistent_workers=num_workers > 0, generator=_loader_generator(0))
-
-
-# ----------------------------------------------------------------------------------------------
-# Stopping on a signal
-
-
-class StopRequest:
-    """Turns SIGTERM/SIGINT into a flag that the training loop checks between steps.
-
-    The first signal only sets the flag (the loop finishes its step, saves and exits); a second
-    SIGINT raises KeyboardInterrupt at once. `exit_code` is 128 + the signal number
-    (130 for SIGINT, 143 for SIGTERM).
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    @property
-    def requested(self):
-        return self.signum is not None
-
-    @property
-    def exit_code(self):
-        return 128 + int(self.signum) if self.signum is not None else 0
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT == self.signum:
-            raise KeyboardInterrupt
-        if self.signum is None:
-            self.signum = signum
-            get_logger().warning("received %s: finishing the current step, then saving "
-                                 "checkpoints/last.pt and stopping", signal.Signals(signum).name)
-
-    def install(self):
-        for signum in self.SIGNALS:
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def restore(self):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-
-# ----------------------------------------------------------------------------------------------
-# Training
 
 
 @dataclass
@@ -334,8 +84,8 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
     for batch in bar:
         inputs = prepare_batch(batch, device, settings.channels_last)
         with autocast_context(device, settings.amp):
-            output = model(*_model_inputs(inputs), return_aux=True) if loss_fn.needs_aux \
-                else model(*_model_inputs(inputs))
+            output = model(*model_inputs(inputs), return_aux=True) if loss_fn.needs_aux \
+                else model(*model_inputs(inputs))
         pred, aux = output if isinstance(output, tuple) else (output, None)
         terms = loss_fn(pred, inputs["joints_3d"], aux)
         loss = terms["loss"]
@@ -419,21 +169,6 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
-
-
-def predict(model, inputs, flip_test, amp="none"):
-    """(B, 17, 3) metres; with `flip_test`, the mean of the prediction and the mirrored
-    prediction of the mirrored input (both halves in one forward pass)."""
-    images, keypoints_2d, keypoints_crop, actions = _model_inputs(inputs)
-    with autocast_context(images.device, amp):
-        if not flip_test:
-            return model(images, keypoints_2d, keypoints_crop, actions).float()
-        both = model(torch.cat([images, flip_images(images)]),
-                     torch.cat([keypoints_2d, flip_keypoints_2d(keypoints_2d)]),
-                     torch.cat([keypoints_crop, flip_keypoints_crop(keypoints_crop)]),
-                     torch.cat([actions, actions])).float()
-    plain, mirrored = both.chunk(2)
-    return (plain + flip_joints_3d(mirrored)) / 2
 
 
 @torch.no_grad()

@@ -12,6 +12,8 @@ import time
 import torch
 
 import engine
+from datasets.loaders import build_eval_loader, build_train_loader
+from models.loss import build_loss
 from utils import distributed as dist_utils
 from utils.checkpoint import atomic_write_text, load_checkpoint
 from utils.cli import run_cli
@@ -19,6 +21,7 @@ from utils.config import CHOICES, load_config
 from utils.errors import MetaPoseError
 from utils.logger import build_tb_writer, close_logger, setup_logger
 from utils.metrics import format_table
+from utils.signals import StopRequest
 from utils.run_dir import REPO_ROOT, metrics_record, prepare_run_dir, record_metrics, record_run
 from utils.training_checkpoint import (TrainState, check_training_checkpoint,
                                        find_resume_checkpoint, load_weights, resume_training,
@@ -140,10 +143,10 @@ class Training:
         start_path, start_checkpoint = self._read_start_checkpoint(args)
         train_set, val_set = build_datasets(config, context, ("train", "validation"))
         data, speed = config.data, config.speed
-        self.train_loader = engine.build_train_loader(
+        self.train_loader = build_train_loader(
             train_set, config.train.batch_size, data.num_workers, config.seed, context,
             speed.pin_memory)
-        self.val_loader = engine.build_eval_loader(
+        self.val_loader = build_eval_loader(
             val_set, config.eval.batch_size, data.num_workers, context, speed.pin_memory)
         self.model = build_model(config, context)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
@@ -162,9 +165,9 @@ class Training:
             device_ids = [context.device.index] if context.device.type == "cuda" else None
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=device_ids, find_unused_parameters=False)
-        self.loss_fn = engine.build_loss(config)
+        self.loss_fn = build_loss(config)
         self.settings = engine.StepSettings.from_config(config)
-        self.stop = engine.StopRequest()
+        self.stop = StopRequest()
 
     def _read_start_checkpoint(self, args):
         """(path, loaded contents) of the checkpoint to resume (--resume [FILE]) or to start from
@@ -303,7 +306,7 @@ def evaluate_checkpoint(config, context, paths, args, logger, writer):
     trained = isinstance(checkpoint, dict) and "model" in checkpoint
     epoch = checkpoint.get("epoch") if trained else None
     (val_set,) = build_datasets(config, context, ("validation",))
-    loader = engine.build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
+    loader = build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
                                       context, config.speed.pin_memory)
     model = build_model(config, context)
     load_weights(model, checkpoint, path, config, logger)

@@ -19,9 +19,9 @@ pinned memory: the published implementation's way of running the same model. `--
 the plain and then the fast configuration in one process (same seed, so the same weights) and
 adds the ratios and the largest difference between their predictions.
 
-`--data DIR` measures the real input pipeline instead: `engine.build_train_loader` over the
+`--data DIR` measures the real input pipeline instead: `build_train_loader` over the
 (synthetic or real) set in DIR, JPEG decoding in `--workers` processes, pinning, and
-`engine.prepare_batch` on the device; with `--with_model` the training steps run on those
+`datasets.transforms.prepare_batch` on the device; with `--with_model` the training steps run on those
 batches too, so input stalls show as the gap to the model-only figure.
 
     python benchmarks/throughput.py --device cpu --batch 8
@@ -44,6 +44,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import engine  # noqa: E402
+from datasets.loaders import build_train_loader  # noqa: E402
+from datasets.transforms import prepare_batch  # noqa: E402
+from models.flip_test import predict  # noqa: E402
+from models.loss import build_loss  # noqa: E402
+from utils.precision import autocast_context  # noqa: E402
 from utils import distributed as dist_utils  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -216,7 +221,7 @@ def measure_model(config, device, batch, steps, warmup):
     model, optimizer = build_for_benchmark(config, device)
     settings = engine.StepSettings.from_config(config)
     settings.log_every = NO_LOGGING
-    loss_fn = engine.build_loss(config)
+    loss_fn = build_loss(config)
     scaler = torch.amp.GradScaler("cuda") if settings.amp == "fp16" and device.type == "cuda" \
         else None
     pin = bool(config.speed.pin_memory) and device.type == "cuda"
@@ -228,8 +233,8 @@ def measure_model(config, device, batch, steps, warmup):
     # comparing configurations: built with the same seed, they hold the same weights.
     model.eval()
     with torch.no_grad():
-        first_prediction = engine.predict(
-            model, engine.prepare_batch(eval_host, device, channels_last), flip_test=True,
+        first_prediction = predict(
+            model, prepare_batch(eval_host, device, channels_last), flip_test=True,
             amp=settings.amp).float().cpu()
 
     def train(count):
@@ -243,7 +248,7 @@ def measure_model(config, device, batch, steps, warmup):
     images = []  # prepared after the training phase, so they do not count in its peak memory
 
     def encoder(count):
-        with torch.no_grad(), engine.autocast_context(device, settings.amp):
+        with torch.no_grad(), autocast_context(device, settings.amp):
             for _ in range(count):
                 model.image_encoder(images[0])
 
@@ -253,7 +258,7 @@ def measure_model(config, device, batch, steps, warmup):
     def text(count):
         text_encoder.train()
         for _ in range(count):
-            with engine.autocast_context(device, settings.amp):
+            with autocast_context(device, settings.amp):
                 features = text_encoder(actions)
             features.float().sum().backward()
             text_encoder.prompts.grad = None
@@ -267,7 +272,7 @@ def measure_model(config, device, batch, steps, warmup):
     reset_peak_memory(device)
     eval_s = timed(evaluate, steps, warmup, device)
     eval_peak = peak_memory_gb(device)
-    images.append(engine.prepare_batch(eval_host, device, channels_last)["images"])
+    images.append(prepare_batch(eval_host, device, channels_last)["images"])
     encoder_s = timed(encoder, steps, warmup, device)
     text_s = timed(text, steps, warmup, device)
     text_actions = int(host["action"].unique().numel())
@@ -339,7 +344,7 @@ def measure_data(config, args, device, batch, steps, warmup):
     dataset = build_dataset(config, "train")
     workers = args.workers if args.workers is not None else config.data.num_workers
     context = dist_utils.DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
-    loader = engine.build_train_loader(dataset, batch, workers, config.seed, context,
+    loader = build_train_loader(dataset, batch, workers, config.seed, context,
                                        config.speed.pin_memory)
     if len(loader) < 1 or len(dataset) < batch:
         raise MetaPoseError(f"--data {args.data} holds {len(dataset)} training frames, fewer "
@@ -351,7 +356,7 @@ def measure_data(config, args, device, batch, steps, warmup):
 
     def load(count):
         for host in LoaderBatches(loader, count, state):
-            engine.prepare_batch(host, device, channels_last)
+            prepare_batch(host, device, channels_last)
 
     figures = {"data_samples_per_s": batch / timed(load, steps, warmup, device),
                "workers": workers, "frames": len(dataset), "image_mode": dataset.image_mode,
@@ -360,7 +365,7 @@ def measure_data(config, args, device, batch, steps, warmup):
         model, optimizer = build_for_benchmark(config, device)
         settings = engine.StepSettings.from_config(config)
         settings.log_every = NO_LOGGING
-        loss_fn = engine.build_loss(config)
+        loss_fn = build_loss(config)
 
         def train(count):
             engine.train_one_epoch(model, loss_fn, LoaderBatches(loader, count, state),

@@ -17,7 +17,7 @@ def uses_channels_last(config, device):
 
 def _to_channels_last(module, args):
     """Forward pre-hook: the images enter a channels-last encoder in channels-last layout
-    (a no-op when the caller already made them so, as engine.prepare_batch does)."""
+    (a no-op when the caller already made them so, as datasets.transforms.prepare_batch does)."""
     images = args[0]
     if images.dim() == 4 and not images.is_contiguous(memory_format=torch.channels_last):
         images = images.contiguous(memory_format=torch.channels_last)

@@ -12,6 +12,11 @@ import torch
 import torch.nn as nn
 
 import engine
+from datasets.loaders import build_eval_loader, build_train_loader
+from datasets.transforms import prepare_batch
+from models.flip_test import predict
+from models.loss import PoseLoss
+from utils.signals import StopRequest
 from utils import distributed as dist_utils
 from utils.checkpoint import (atomic_copy, atomic_write_text, extract_state_dict, load_checkpoint,
                               load_model_weights, save_checkpoint)
@@ -73,8 +78,8 @@ CONTEXT = dist_utils.DistributedContext(rank=0, world_size=1, local_rank=0,
 def make_loader(size=20, batch=4, train=True):
     dataset = FakeDataset(size, train)
     if train:
-        return engine.build_train_loader(dataset, batch, 0, seed=0, context=CONTEXT)
-    return engine.build_eval_loader(dataset, batch, 0, CONTEXT)
+        return build_train_loader(dataset, batch, 0, seed=0, context=CONTEXT)
+    return build_eval_loader(dataset, batch, 0, CONTEXT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +90,7 @@ def test_prepare_batch_flips_each_marked_sample_consistently():
     dataset = FakeDataset(4)
     batch = torch.utils.data.default_collate([dataset[i] for i in range(4)])
     batch["flip"] = torch.tensor([True, False, True, False])
-    out = engine.prepare_batch(batch, torch.device("cpu"))
+    out = prepare_batch(batch, torch.device("cpu"))
     plain = normalize_images(batch["image"])
     for i in range(4):
         if batch["flip"][i]:
@@ -104,12 +109,12 @@ def test_prepare_batch_flips_each_marked_sample_consistently():
 def test_loss_terms_and_weights():
     pred, target = torch.zeros(2, 17, 3), torch.zeros(2, 17, 3)
     target[..., 0] = 0.03  # 30 mm on every joint
-    terms = engine.PoseLoss(mpjpe_weight=2.0)(pred, target)
-    assert set(terms) == {"loss", "mpjpe"} and not engine.PoseLoss().needs_aux
+    terms = PoseLoss(mpjpe_weight=2.0)(pred, target)
+    assert set(terms) == {"loss", "mpjpe"} and not PoseLoss().needs_aux
     assert terms["mpjpe"].item() == pytest.approx(0.03)
     assert terms["loss"].item() == pytest.approx(0.06)
-    with_kl = engine.PoseLoss(1.0, 0.5)(pred, target, {"kl": torch.tensor(4.0)})
-    assert list(with_kl) == list(engine.PoseLoss(1.0, 0.5).term_names)
+    with_kl = PoseLoss(1.0, 0.5)(pred, target, {"kl": torch.tensor(4.0)})
+    assert list(with_kl) == list(PoseLoss(1.0, 0.5).term_names)
     assert with_kl["loss"].item() == pytest.approx(0.03 + 2.0)
 
 
@@ -121,7 +126,7 @@ def _train(model, loader, loss_fn=None, epoch=0, stop=None, max_bad_steps=20):
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
     settings = engine.StepSettings(max_bad_steps=max_bad_steps, log_every=2)
     loader.sampler.set_epoch(epoch)
-    return engine.train_one_epoch(model, loss_fn or engine.PoseLoss(), loader, optimizer,
+    return engine.train_one_epoch(model, loss_fn or PoseLoss(), loader, optimizer,
                                   torch.device("cpu"), epoch, settings, stop=stop)
 
 
@@ -136,7 +141,7 @@ def test_train_one_epoch_reduces_loss_and_reports():
     assert last["mpjpe"] < first["mpjpe"] and first["samples_per_s"] > 0
 
 
-class NanLoss(engine.PoseLoss):
+class NanLoss(PoseLoss):
     """Non-finite on the steps listed in `bad`."""
 
     def __init__(self, bad):
@@ -167,9 +172,9 @@ def test_non_finite_steps_are_skipped_and_counted():
 
 
 def test_stop_request_finishes_the_step_and_reports_position():
-    stop = engine.StopRequest()
+    stop = StopRequest()
 
-    class StopAfter(engine.PoseLoss):
+    class StopAfter(PoseLoss):
         calls = 0
 
         def forward(self, *args):
@@ -184,7 +189,7 @@ def test_stop_request_finishes_the_step_and_reports_position():
 
 
 def test_stop_request_handles_real_signals():
-    stop = engine.StopRequest().install()
+    stop = StopRequest().install()
     try:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested and stop.exit_code == 130
@@ -211,7 +216,7 @@ def test_resumable_sampler_skips_once():
 def test_epoch_reaches_persistent_workers():
     """The flip draws follow set_epoch even though the worker processes outlive the epoch."""
     dataset = FakeDataset(12)
-    loader = engine.build_train_loader(dataset, 4, 1, seed=0, context=CONTEXT)
+    loader = build_train_loader(dataset, 4, 1, seed=0, context=CONTEXT)
     seen = {}
     for epoch in (0, 1, 2):
         loader.sampler.set_epoch(epoch)
@@ -236,20 +241,20 @@ def test_evaluate_counts_every_frame_and_flip_test_averages():
     assert result["p2"] <= result["p1"]
     # The flip test is the mean of the plain and the mirrored-back prediction of the mirrored input.
     batch = next(iter(loader))
-    inputs = engine.prepare_batch(batch, torch.device("cpu"))
+    inputs = prepare_batch(batch, torch.device("cpu"))
     with torch.no_grad():
         plain = model(inputs["images"], inputs["keypoints_2d"], inputs["keypoints_2d_crop"],
                       inputs["actions"])
         mirrored = model(flip_images(inputs["images"]), flip_keypoints_2d(inputs["keypoints_2d"]),
                          flip_keypoints_crop(inputs["keypoints_2d_crop"]), inputs["actions"])
-        both = engine.predict(model, inputs, flip_test=True)
+        both = predict(model, inputs, flip_test=True)
     assert torch.allclose(both, (plain + flip_joints_3d(mirrored)) / 2, atol=1e-6)
     again = engine.evaluate(model, loader, torch.device("cpu"), flip_test=True)
     assert again["p1"] == result["p1"]  # evaluation is deterministic
 
 
 def test_evaluate_abandons_on_stop():
-    stop = engine.StopRequest()
+    stop = StopRequest()
     stop.signum = 2
     loader = make_loader(train=False)
     assert engine.evaluate(FakeModel(), loader, torch.device("cpu"), stop=stop) is None
@@ -387,7 +392,7 @@ def _two_rank_nan_worker(rank, port, out_dir):
         torch.manual_seed(0)
         model = FakeModel()
         ddp = nn.parallel.DistributedDataParallel(model)
-        loader = engine.build_train_loader(FakeDataset(40), 4, 0, seed=0, context=context)
+        loader = build_train_loader(FakeDataset(40), 4, 0, seed=0, context=context)
         optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
         settings = engine.StepSettings(max_bad_steps=3, log_every=100)
         loss_fn = NanLoss(bad={1, 3} if rank == 1 else ())

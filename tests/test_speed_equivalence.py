@@ -19,7 +19,8 @@ import pytest
 import torch
 from torch import nn
 
-import engine
+from datasets.transforms import prepare_batch
+from models.flip_test import predict
 from benchmarks import throughput
 from models import build_model
 from models.deformable_attention import (sample_level, sample_then_project,
@@ -280,7 +281,7 @@ def test_uint8_normalisation_equals_float_pipeline_on_cpu():
 
 
 def test_prepare_batch_equals_flipping_on_the_host():
-    """engine.prepare_batch (uint8 flipped and normalised on the device, copies non-blocking on
+    """prepare_batch (uint8 flipped and normalised on the device, copies non-blocking on
     CUDA) against flipping each marked sample on the host first (mirrored HWC image, utils.flip
     joints) and normalising after: identical, bit for bit. channels_last does nothing on CPU."""
     batch = _host_batch()
@@ -294,7 +295,7 @@ def test_prepare_batch_equals_flipping_on_the_host():
         for name, function in functions.items():
             expected[name].append(function(batch[name][i]) if flip else batch[name][i])
     for channels_last in (False, True):
-        out = engine.prepare_batch(batch, torch.device("cpu"), channels_last)
+        out = prepare_batch(batch, torch.device("cpu"), channels_last)
         assert torch.equal(out["images"], normalize_images(torch.stack(expected_images)))
         for name, values in expected.items():
             assert torch.equal(out[name], torch.stack(values)), name
@@ -304,8 +305,8 @@ def test_prepare_batch_equals_flipping_on_the_host():
 def test_unflipped_batches_take_the_short_path():
     batch = _host_batch()
     batch["flip"] = torch.zeros(6, dtype=torch.bool)
-    out = engine.prepare_batch(batch, torch.device("cpu"))
-    without = engine.prepare_batch({k: v for k, v in batch.items() if k != "flip"},
+    out = prepare_batch(batch, torch.device("cpu"))
+    without = prepare_batch({k: v for k, v in batch.items() if k != "flip"},
                                    torch.device("cpu"))
     for name in out:
         assert torch.equal(out[name], without[name])
@@ -318,9 +319,9 @@ def test_prepare_batch_on_cuda_matches_cpu():
     """Pinned host batch, non-blocking copies, channels-last uint8, flips and normalisation on
     the GPU: the CPU result, bit for bit (elementwise float32 arithmetic)."""
     batch = _host_batch()
-    expected = engine.prepare_batch(batch, torch.device("cpu"))
+    expected = prepare_batch(batch, torch.device("cpu"))
     pinned = {name: value.pin_memory() for name, value in batch.items()}
-    out = engine.prepare_batch(pinned, torch.device("cuda"), channels_last=True)
+    out = prepare_batch(pinned, torch.device("cuda"), channels_last=True)
     assert out["images"].is_contiguous(memory_format=torch.channels_last)
     for name, value in expected.items():
         assert torch.equal(out[name].cpu(), value), name
@@ -346,11 +347,11 @@ def test_fast_model_on_cuda_matches_plain():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.no_grad():
-            want = engine.predict(plain, engine.prepare_batch(batch, device), True)
-            inputs = engine.prepare_batch({k: v.pin_memory() for k, v in batch.items()}, device,
+            want = predict(plain, prepare_batch(batch, device), True)
+            inputs = prepare_batch({k: v.pin_memory() for k, v in batch.items()}, device,
                                           channels_last=True)
-            got = engine.predict(fast, inputs, True)
-            mixed = engine.predict(fast, inputs, True, amp="bf16")
+            got = predict(fast, inputs, True)
+            mixed = predict(fast, inputs, True, amp="bf16")
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
     assert want.abs().max() > 1e-3

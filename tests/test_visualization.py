@@ -167,7 +167,9 @@ def test_visualize_tool_with_stand_in_model_and_data(tmp_path, monkeypatch):
     and dataset builders replaced by small stand-ins."""
     import types
 
-    import engine  # noqa: F401  (imported before `datasets` is replaced below)
+    # Imported before `models` and `datasets` are replaced below.
+    import datasets.transforms  # noqa: F401
+    import models.flip_test  # noqa: F401
     from tools.visualize import main
 
     monkeypatch.setitem(sys.modules, "models",

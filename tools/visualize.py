@@ -59,7 +59,8 @@ def main(argv=None):
 
     # Imported here: they are heavy, and input errors should not wait for them.
     from datasets import build_dataset
-    from engine import predict, prepare_batch
+    from datasets.transforms import prepare_batch
+    from models.flip_test import predict
     from models import build_model
     from utils.visualization import save_samples_png
 

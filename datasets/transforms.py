@@ -1,0 +1,56 @@
+"""Batch transforms on the device: uint8 images to normalised floats, and horizontal flips that
+change the image and every target together (DESIGN 1.3)."""
+
+import torch
+
+from utils.flip import (flip_images, flip_joints_3d, flip_keypoints_2d, flip_keypoints_crop,
+                        flip_where)
+from utils.geometry import normalize_images
+
+
+def prepare_batch(batch, device, channels_last=False):
+    """Moves a collated batch to `device`, normalises the images and applies the per-sample flips.
+
+    Args:
+        batch: dict from the DataLoader: image uint8 (B,3,H,W), keypoints_2d (B,17,2) normalised
+            screen, keypoints_2d_crop (B,17,2) crop pixels, joints_3d (B,17,3) metres, action
+            (B,), flip bool (B,).
+    Returns:
+        dict with images float (B,3,H,W) ImageNet-normalised, keypoints_2d, keypoints_2d_crop,
+        joints_3d and actions, where the samples marked `flip` are mirrored consistently
+        (image, both 2D joint sets and the 3D target; DESIGN 1.3).
+    """
+    # Asynchronous copies (the DataLoader pins its batches when training on CUDA): nothing here
+    # waits for the device, so the host can queue the step while the previous one still runs.
+    non_blocking = device.type == "cuda"
+
+    def move(tensor):
+        return tensor.to(device, non_blocking=non_blocking)
+
+    images = move(batch["image"])
+    if channels_last and device.type == "cuda":
+        # uint8 (a quarter of the float bytes); the normalised images inherit the layout.
+        images = images.contiguous(memory_format=torch.channels_last)
+    out = {
+        "images": images,
+        "keypoints_2d": move(batch["keypoints_2d"]),
+        "keypoints_2d_crop": move(batch["keypoints_2d_crop"]),
+        "joints_3d": move(batch["joints_3d"]),
+        "actions": move(batch["action"]),
+    }
+    flip = batch.get("flip")
+    # Whether any sample flips is read from the host copy of the mask (on the device it would
+    # be a sync). Images flip as uint8: mirroring commutes with the per-channel normalisation.
+    if flip is not None and bool(flip.any()):
+        mask = move(flip).bool()
+        out["images"] = flip_where(mask, out["images"], flip_images)
+        out["keypoints_2d"] = flip_where(mask, out["keypoints_2d"], flip_keypoints_2d)
+        out["keypoints_2d_crop"] = flip_where(mask, out["keypoints_2d_crop"], flip_keypoints_crop)
+        out["joints_3d"] = flip_where(mask, out["joints_3d"], flip_joints_3d)
+    out["images"] = normalize_images(out["images"])
+    return out
+
+
+def model_inputs(inputs):
+    """The positional arguments of MetaPose.forward from a prepared batch."""
+    return inputs["images"], inputs["keypoints_2d"], inputs["keypoints_2d_crop"], inputs["actions"]
