@@ -174,7 +174,7 @@ def read_label_file(path):
                             f"{error}). {_HINT}") from None
     if not isinstance(data, dict):
         raise MetaPoseError(f"label file '{path}': 'data' holds a {type(data).__name__}, expected "
-                            f"a dict of sequences (DESIGN 9). {_HINT}")
+                            f"a dict of sequences (README, MPI-INF-3DHP). {_HINT}")
     return data
 
 
@@ -189,7 +189,7 @@ def _read_object_npy(handle, path):
                             f"which a label file never needs. {_HINT}")
     if not dtype.hasobject:
         raise MetaPoseError(f"label file '{path}': 'data' is a plain {dtype} array, expected the "
-                            f"dict of sequences of DESIGN 9. {_HINT}")
+                            f"dict of sequences (README, MPI-INF-3DHP). {_HINT}")
     array = unpickle_stream_safely(handle, path, _HINT)
     if not isinstance(array, np.ndarray) or array.shape != ():
         raise MetaPoseError(f"label file '{path}': 'data' is not a single dict (found "
@@ -323,8 +323,8 @@ def _check_values(units, source):
     if np.median(screen) > 3.0:
         raise MetaPoseError(f"label file '{source}': 'data_2d' looks like pixels (median "
                             f"|value| {np.median(screen):.0f}); it must hold normalised screen "
-                            "coordinates x / w * 2 - [1, h / w] (DESIGN 9; P-STMO's files store "
-                            f"pixels). {_HINT}")
+                            "coordinates x / w * 2 - [1, h / w] (CA-PF's layout; P-STMO's files "
+                            f"store pixels). {_HINT}")
     depth = float(np.median(depths))
     if 100.0 < depth < 100000.0:
         return 0.001  # millimetres, as univ_annot3

@@ -40,8 +40,10 @@ from utils.skeleton import ACTION_IDS
 # The performances are drawn from their own random streams (not those of the H36M set).
 _SEED_DOMAIN = 0x3D4 << 20
 _DOMAIN_ALLOCATION, _DOMAIN_CAMERA, _DOMAIN_VALID = 11, 12, 13
-_BODIES = (1, 5, 6, 7, 8, 9, 11)  # H36M bodies of datasets/synthetic.py (scales, proportions)
-# Test sequences: unseen bodies (H36M's validation subjects) and their own activity.
+# Bodies (scales, proportions) of datasets/synthetic.py: training subjects S1..S8 take H36M's
+# training bodies in turn; the test sequences H36M's validation bodies, unseen in training, each
+# with its own activity.
+_BODIES = (1, 5, 6, 7, 8)
 _TEST_PERFORMANCES = {"TS1": (9, 14), "TS2": (11, 3), "TS3": (9, 6), "TS4": (11, 9),
                       "TS5": (9, 16), "TS6": (11, 13)}
 _FRAME_STRIDE = 10  # consecutive synthetic frames are 0.2 s apart (more poses per few frames)
