@@ -17,9 +17,8 @@ from models.flip_test import predict
 from utils import distributed as dist_utils
 from utils.errors import MetaPoseError
 from utils.logger import get_logger
-from utils.metrics import ActionErrorAccumulator
+from utils.metric_set import metric_set_for
 from utils.precision import autocast_context
-from utils.skeleton import ACTION_NAMES
 
 
 @dataclass
@@ -172,23 +171,27 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, *, flip_test=True, amp="none", channels_last=False,
-             num_visualize=0, writer=None, global_step=0, stop=None):
-    """Protocol #1 / #2 errors per action over this process's shard, summed over all processes.
+def evaluate(model, loader, device, *, metrics=None, flip_test=True, amp="none",
+             channels_last=False, num_visualize=0, writer=None, global_step=0, stop=None):
+    """The dataset's metrics over this process's shard, summed over all processes.
 
     Args:
         model: the unwrapped model (no DDP: shards differ in length, so no per-batch collectives).
         loader: evaluation DataLoader over a ShardSampler.
+        metrics: the MetricSet (utils/metric_set.py) to fill, reset first; None = the dataset's
+            own, `metric_set_for(loader.dataset)`.
         flip_test: average with the mirrored prediction of the mirrored input.
         num_visualize: frames of rank 0's shard drawn into `writer` as figures.
         stop: StopRequest; a signal abandons the pass (all processes agree at the end).
     Returns:
-        {"p1", "p2" (mm, mean of the per-action means), "frames" (all processes),
-         "per_action": {name: {"p1", "p2", "frames"}}, "samples_per_s"}, or None when a stop
-        request abandoned the evaluation.
+        the metric set's summary over all processes (H36M: "p1", "p2", "frames", "per_action";
+        MPI-INF-3DHP: "pck", "auc", "mpjpe", "frames", "per_scene", "per_sequence") plus
+        "samples_per_s", or None when a stop request abandoned the evaluation.
     """
     model.eval()
-    accumulator = ActionErrorAccumulator(device="cpu")
+    accumulator = metric_set_for(getattr(loader, "dataset", None)) if metrics is None \
+        else metrics
+    accumulator.reset()
     visual = []
     start = time.perf_counter()
     abandoned = False
@@ -198,13 +201,13 @@ def evaluate(model, loader, device, *, flip_test=True, amp="none", channels_last
             break
         inputs = prepare_batch(batch, device, channels_last)
         pred = predict(model, inputs, flip_test, amp)
-        accumulator.update(pred.cpu(), inputs["joints_3d"].cpu(), batch["action"])
+        accumulator.update_batch(pred.cpu(), inputs["joints_3d"].cpu(), batch)
         if dist_utils.is_main() and len(visual) < num_visualize:
             for i in range(min(num_visualize - len(visual), pred.shape[0])):
                 visual.append({"image": batch["image"][i],
                                "keypoints_crop": batch["keypoints_2d_crop"][i],
                                "pred_3d": pred[i].cpu(), "gt_3d": batch["joints_3d"][i],
-                               "index": int(batch["index"][i]), "action": int(batch["action"][i])})
+                               "title": accumulator.describe(batch, i)})
     state = accumulator.state()
     flat = torch.cat([state.flatten(), torch.tensor([float(abandoned)], dtype=state.dtype)])
     flat = dist_utils.all_reduce_sum(flat)
@@ -222,8 +225,7 @@ def _draw_figures(writer, samples, global_step):
     """Each sample as a TensorBoard image: the crop with its 2D joints, predicted and true 3D."""
     from utils.visualization import draw_sample, figure_to_array
     for number, sample in enumerate(samples):
-        title = f"frame {sample['index']} ({ACTION_NAMES.get(sample['action'], sample['action'])})"
         figure = draw_sample(sample["image"], sample["keypoints_crop"], sample["pred_3d"],
-                             sample["gt_3d"], title=title)
+                             sample["gt_3d"], title=sample["title"])
         writer.add_image(f"val/sample_{number}", figure_to_array(figure), global_step,
                          dataformats="HWC")

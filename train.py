@@ -20,12 +20,12 @@ from utils.cli import run_cli
 from utils.config import CHOICES, load_config
 from utils.errors import MetaPoseError
 from utils.logger import build_tb_writer, close_logger, setup_logger
-from utils.metrics import format_table
+from utils.metric_set import metric_set_for
 from utils.signals import StopRequest
 from utils.run_dir import REPO_ROOT, metrics_record, prepare_run_dir, record_metrics, record_run
 from utils.training_checkpoint import (TrainState, check_training_checkpoint,
                                        find_resume_checkpoint, load_weights, resume_training,
-                                       save_training_checkpoint)
+                                       save_training_checkpoint, score_text)
 
 # File names of the published weights; --image_encoder/--text_encoder switch between them.
 IMAGE_ENCODER_FILES = {"hrnet_32": "pose_hrnet_w32_256x192.pth",
@@ -120,15 +120,14 @@ def build_datasets(config, context, splits):
 # Training and evaluation runs
 
 
-def log_evaluation(logger, writer, summary, epoch):
+def log_evaluation(logger, writer, summary, epoch, metric_set):
+    """The dataset's table in the log and its scalars in TensorBoard."""
     logger.info("evaluation%s: %d frames\n%s", f" after epoch {epoch}" if epoch else "",
-                summary["frames"], format_table(summary))
+                summary["frames"], metric_set.format_table(summary))
     if writer:
-        writer.add_scalar("val/p1_mm", summary["p1"], epoch or 0)
-        writer.add_scalar("val/p2_mm", summary["p2"], epoch or 0)
+        for tag, value in metric_set.scalars(summary).items():
+            writer.add_scalar(tag, value, epoch or 0)
         writer.add_scalar("val/samples_per_s", summary["samples_per_s"], epoch or 0)
-        for name, values in summary["per_action"].items():
-            writer.add_scalar(f"val_p1_per_action/{name}", values["p1"], epoch or 0)
 
 
 class Training:
@@ -148,6 +147,7 @@ class Training:
             speed.pin_memory)
         self.val_loader = build_eval_loader(
             val_set, config.eval.batch_size, data.num_workers, context, speed.pin_memory)
+        self.metric_set = metric_set_for(val_set)
         self.model = build_model(config, context)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
@@ -200,10 +200,12 @@ class Training:
                                  self.scaler, self.state, self.config, new_best)
 
     def evaluate_and_record(self, epoch):
-        """Evaluates after `epoch`, logs and records it; returns whether P1 is a new best."""
-        config = self.config
+        """Evaluates after `epoch`, logs and records it; returns whether the metric set's score
+        (H36M: P1, 3DHP: MPJPE) is a new best."""
+        config, metric_set = self.config, self.metric_set
         summary = engine.evaluate(self.model, self.val_loader, self.context.device,
-                                  flip_test=config.eval.flip_test, amp=config.speed.amp,
+                                  metrics=metric_set, flip_test=config.eval.flip_test,
+                                  amp=config.speed.amp,
                                   channels_last=self.settings.channels_last,
                                   num_visualize=config.eval.num_visualize, writer=self.writer,
                                   global_step=epoch, stop=self.stop)
@@ -212,11 +214,12 @@ class Training:
             self.logger.warning("evaluation after epoch %d interrupted; it runs first on --resume",
                                 epoch)
             return False
-        log_evaluation(self.logger, self.writer, summary, epoch)
+        log_evaluation(self.logger, self.writer, summary, epoch, metric_set)
         if dist_utils.is_main():
-            record_metrics(self.paths, metrics_record(summary, epoch))
-        if summary["p1"] < self.state.best_p1:
-            self.state.best_p1 = summary["p1"]
+            record_metrics(self.paths, metrics_record(summary, epoch, metric_set))
+        score = summary[metric_set.score_key]
+        if metric_set.is_better(score, self.state.best_score):
+            self.state.best_score = score
             return True
         return False
 
@@ -268,8 +271,9 @@ class Training:
             self.stop.restore()
         if stopping:
             return self.stop.exit_code or 143
-        self.logger.info("done: %d epochs, best P1 %.2f mm; run directory %s", state.epoch,
-                         state.best_p1, self.paths.root)
+        self.logger.info("done: %d epochs, best %s %s; run directory %s", state.epoch,
+                         self.metric_set.score_label, score_text(state.best_score),
+                         self.paths.root)
         return 0
 
 
@@ -308,21 +312,21 @@ def evaluate_checkpoint(config, context, paths, args, logger, writer):
     (val_set,) = build_datasets(config, context, ("validation",))
     loader = build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
                                       context, config.speed.pin_memory)
+    metric_set = metric_set_for(val_set)
     model = build_model(config, context)
     load_weights(model, checkpoint, path, config, logger)
     logger.info("evaluating '%s' on %d validation frames with %d process(es)%s", path,
                 len(val_set), context.world_size, ", flip test" if config.eval.flip_test else "")
     summary = engine.evaluate(model, loader,
-                              context.device, flip_test=config.eval.flip_test,
+                              context.device, metrics=metric_set, flip_test=config.eval.flip_test,
                               amp=config.speed.amp, channels_last=config.speed.channels_last,
                               num_visualize=config.eval.num_visualize, writer=writer,
                               global_step=epoch or 0)
-    log_evaluation(logger, writer, summary, epoch)
+    log_evaluation(logger, writer, summary, epoch, metric_set)
     if dist_utils.is_main():
-        record = json.dumps(metrics_record(summary, epoch), indent=2)
+        record = json.dumps(metrics_record(summary, epoch, metric_set), indent=2)
         atomic_write_text(paths.file("eval.json"), record + "\n")
-        logger.info("P1 %.2f mm  P2 %.2f mm  (%d frames); wrote %s", summary["p1"], summary["p2"],
-                    summary["frames"], paths.file("eval.json"))
+        logger.info("%s; wrote %s", metric_set.headline(summary), paths.file("eval.json"))
     return 0
 
 

@@ -260,13 +260,13 @@ def cache_path(pickle_path, cache_dir=None):
     return os.path.join(folder, f"{os.path.basename(pickle_path)}.columns-{cache_key(pickle_path)}")
 
 
-def _read_cache(folder):
-    """The memory-mapped columns in `folder`, or None when it is absent or incomplete."""
+def _read_cache(folder, names=COLUMNS):
+    """The memory-mapped columns `names` in `folder`, or None when it is absent or incomplete."""
     try:
         with open(os.path.join(folder, "meta.json"), "r", encoding="utf-8") as handle:
             meta = json.load(handle)
         columns = {name: np.load(os.path.join(folder, f"{name}.npy"), mmap_mode="r")
-                   for name in COLUMNS}
+                   for name in names}
     except (OSError, ValueError):
         return None
     if meta.get("version") != CACHE_VERSION or any(
@@ -283,14 +283,14 @@ def _write_cache(columns, folder, source):
     try:
         for name, array in columns.items():
             np.save(os.path.join(temporary, f"{name}.npy"), np.ascontiguousarray(array))
-        meta = {"version": CACHE_VERSION, "frames": int(len(columns["image"])),
+        meta = {"version": CACHE_VERSION, "frames": int(len(next(iter(columns.values())))),
                 "source": os.path.abspath(source), "columns": list(columns)}
         with open(os.path.join(temporary, "meta.json"), "w", encoding="utf-8") as handle:
             json.dump(meta, handle, indent=1)
         try:
             os.rename(temporary, folder)
         except OSError:  # another process finished the same cache first: keep theirs
-            if _read_cache(folder) is None:
+            if _read_cache(folder, list(columns)) is None:
                 raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -349,29 +349,53 @@ def load_labels(pickle_path, cache_dir=None):
             f"label file '{pickle_path}' does not exist. Check data.root and data.train_file / "
             "data.val_file; create real labels with tools/prepare_h36m.py or a synthetic set "
             "with tools/make_synthetic.py.")
-    folder = cache_path(pickle_path, cache_dir)
-    columns = _read_cache(folder)
+    return cached_columns(pickle_path,
+                          lambda path: entries_to_columns(load_pickle_safely(path), path),
+                          COLUMNS, cache_dir)
+
+
+def cached_columns(source, build, names, cache_dir=None):
+    """Columns `names` of the label file `source`, built once by `build(source)` and cached.
+
+    The cache is the folder `cache_path(source, cache_dir)` of one .npy file per column; later
+    calls (any process) memory-map it read-only. One process at a time builds (a file lock), the
+    others then read its cache. Every label format (H36M pickles, MPI-INF-3DHP npz files) shares
+    this mechanism.
+
+    Args:
+        source: an existing label file.
+        build: function(source) -> dict name -> numpy array (all with the same number of rows);
+            it raises MetaPoseError for a bad file.
+        names: the column names `build` returns.
+        cache_dir: folder for the cache; None = next to `source`.
+    Returns:
+        dict name -> numpy array: read-only memory maps, or in-memory arrays when the cache
+        could not be written (a warning says so).
+    """
+    folder = cache_path(source, cache_dir)
+    columns = _read_cache(folder, names)
     if columns is not None:
         return columns
     with _conversion_lock(folder):
-        columns = _read_cache(folder)  # another process may have converted it meanwhile
+        columns = _read_cache(folder, names)  # another process may have converted it meanwhile
         if columns is not None:
             return columns
         start = time.perf_counter()
-        columns = entries_to_columns(load_pickle_safely(pickle_path), pickle_path)
-        _return_freed_memory()  # the unpickled entries are gone
+        columns = build(source)
+        _return_freed_memory()  # the parsed file is gone
         try:
-            _write_cache(columns, folder, pickle_path)
+            _write_cache(columns, folder, source)
         except OSError as error:
             logger.warning("could not write the label cache '%s' (%s); using the labels in "
                            "memory. Set data.cache_dir to a writable folder to share them "
                            "between workers and processes.", folder, error)
             return columns
         if cache_dir is None:
-            _remove_stale_caches(pickle_path, folder)
+            _remove_stale_caches(source, folder)
         logger.info("converted %d frames of '%s' into the column cache '%s' in %.1f s",
-                    len(columns["image"]), pickle_path, folder, time.perf_counter() - start)
-        cached = _read_cache(folder)
+                    len(next(iter(columns.values()))), source, folder,
+                    time.perf_counter() - start)
+        cached = _read_cache(folder, names)
     return cached if cached is not None else columns
 
 

@@ -70,7 +70,7 @@ from datasets.camera import (  # noqa: E402
     pixels_to_screen, project,
 )
 from datasets.synthetic import image_name, write_pickle  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import positive_int, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 from utils.skeleton import (  # noqa: E402
     ALL_SUBJECTS, NUM_JOINTS, TRAIN_SUBJECTS, VALIDATION_SUBJECTS,
@@ -412,16 +412,6 @@ def _subjects(text):
     return subjects
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Convert the raw Human3.6M release into MetaPose label pickles (DESIGN 1.1).",
@@ -436,7 +426,7 @@ def parse_args(argv=None):
     parser.add_argument("--images", help="extracted full frames (default RAW/images)")
     parser.add_argument("--crop", action="store_true",
                         help="also write 256x192 person crops of the frames to OUT/images")
-    parser.add_argument("--subsample", type=_positive_int, default=1,
+    parser.add_argument("--subsample", type=positive_int, default=1,
                         help="keep every N-th frame (default 1: all frames)")
     parser.add_argument("--subjects", type=_subjects, default=list(ALL_SUBJECTS),
                         help="comma-separated subjects (default 1,5,6,7,8,9,11)")

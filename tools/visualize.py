@@ -35,10 +35,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def sample_title(sample):
-    action = ACTION_NAMES.get(int(sample["action"]), f"action {int(sample['action'])}")
-    parts = [action]
-    if "subject" in sample:
+def sample_title(sample, sequence_names=None):
+    """'Directions S9 #12' (H36M), or 'TS3 #12' for datasets that name sequences (3DHP)."""
+    if sequence_names is not None and "sequence" in sample:
+        parts = [sequence_names[int(sample["sequence"])]]
+    else:
+        parts = [ACTION_NAMES.get(int(sample["action"]), f"action {int(sample['action'])}")]
+    if "subject" in sample and sequence_names is None:
         parts.append(f"S{int(sample['subject'])}")
     if "index" in sample:
         parts.append(f"#{int(sample['index'])}")
@@ -88,7 +91,7 @@ def main(argv=None):
             "keypoints_crop": sample["keypoints_2d_crop"],
             "pred_3d": pred,
             "gt_3d": sample["joints_3d"],
-            "title": sample_title(sample),
+            "title": sample_title(sample, getattr(dataset, "sequence_names", None)),
         })
     try:
         save_samples_png(args.out, drawings)

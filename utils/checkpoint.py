@@ -45,6 +45,11 @@ def _atomic_write(path, write):
         os.close(directory_handle)
 
 
+def atomic_write(path, write):
+    """Calls write(binary file object) and puts the result at `path` atomically."""
+    _atomic_write(path, write)
+
+
 def atomic_write_text(path, text):
     """Writes `text` (UTF-8) to `path` atomically."""
     _atomic_write(path, lambda file: file.write(text.encode("utf-8")))

@@ -23,6 +23,7 @@ NULLABLE_TYPES = {
 }
 
 CHOICES = {
+    "data.dataset": ("h36m", "mpi_inf_3dhp"),
     "data.image_mode": ("auto", "cropped", "full"),
     "data.keypoints_2d": ("cpn", "gt"),
     "model.image_encoder.type": ("hrnet_32", "hrnet_48"),
