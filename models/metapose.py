@@ -142,7 +142,10 @@ def build_model(config):
                                       text_cfg.prompt_tokens, width=text_cfg.width,
                                       layers=text_cfg.layers,
                                       truncate=speed.get("truncate_text", True),
-                                      cache=speed.get("cache_text", True))
+                                      cache=speed.get("cache_text", True),
+                                      layout=text_cfg.layout,
+                                      train_prompts=text_cfg.train_prompts,
+                                      prompts=text_cfg.prompts)
     return MetaPose(
         image_encoder, text_encoder,
         embed_dim=model_cfg.embed_dim,
