@@ -30,6 +30,9 @@ CHOICES = {
     "model.text_encoder.mode": ("joint", "joint_action"),
     "model.text_encoder.layout": ("published", "sot_first"),
     "speed.amp": ("none", "bf16", "fp16"),
+    "model.grid_convention": ("published", "pixel_centre"),
+    "model.alignment.eval_noise": ("mean", "fixed"),
+    "train.flip_mode": ("sample", "batch"),
 }
 
 BASE_KEY = "_base_"
