@@ -17,14 +17,13 @@ Then set `model.text_encoder.prompts=my_prompts.yaml` (README "Prompts").
 
 import argparse
 import ast
-import hashlib
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.prompts import ACTION_NAME_ORDER, load_prompts, parse_prompts  # noqa: E402
-from utils.checkpoint import atomic_write_text  # noqa: E402
+from utils.checkpoint import atomic_write_text, file_sha256  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 from utils.skeleton import NUM_JOINTS  # noqa: E402
@@ -141,19 +140,11 @@ def published_prompts(path):
     }
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def main(argv=None):
     args = parse_args(argv)
     content = published_prompts(args.train_py)
     source = (f"imported by tools/import_prompts.py from {os.path.abspath(args.train_py)} "
-              f"(sha256 {_sha256(args.train_py)})")
+              f"(sha256 {file_sha256(args.train_py)})")
     try:
         prompts = parse_prompts({"source": source, **content}, args.train_py)
     except MetaPoseError as error:
