@@ -52,7 +52,8 @@ def build_dataset(config, split, rank=0):
         image_size=tuple(data.image_size),
         keypoints_2d=data.keypoints_2d,
         train=train,
-        flip_prob=config.train.flip_prob if train else 0.0,
+        # with flip_mode batch the engine flips whole batches (datasets.h36m.batch_flip_decision)
+        flip_prob=config.train.flip_prob if train and config.train.flip_mode == "sample" else 0.0,
         seed=config.seed,
         blank_images=data.blank_images,
         skip_bad_images=data.skip_bad_images,
