@@ -287,6 +287,8 @@ def measure_model(config, device, batch, steps, warmup):
     else:
         text_rows = (host["action"].unique() - ACTION_IDS[0]).tolist()
     text_length = encoder_text._sequence_length(text_rows)
+    if encoder_text.cache and not encoder_text.prompts.requires_grad:
+        text_rows, text_length = [], 0  # frozen prompts: every step reads the cache
     figures = {
         "train_samples_per_s": batch / train_s,
         "eval_samples_per_s": batch / eval_s,

@@ -118,7 +118,9 @@ class PromptedTextEncoder(nn.Module):
     parameter changes) save time without changing the features.
 
     texts: a models.prompts.Prompts (None: the default prompts file). layout: 'published' |
-    'sot_first' (module docstring).
+    'sot_first' (module docstring). train_prompts defaults to True for the bare module;
+    build_text_encoder (and so the config, model.text_encoder.train_prompts) defaults to the
+    published False.
     """
 
     def __init__(self, width, layers, heads, output_dim, mode="joint_action", prompt_tokens=10,

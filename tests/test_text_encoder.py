@@ -488,3 +488,27 @@ def test_quick_gelu():
     x = torch.linspace(-4, 4, 9)
     torch.testing.assert_close(QuickGELU()(x), x * torch.sigmoid(1.702 * x))
     assert set(CLIP_TEXT_CONFIGS) == {"ViT-B/32", "ViT-L/14"}
+
+
+def test_train_prompts_decides_what_the_model_trains():
+    """model.text_encoder.train_prompts: false (published) trains the pose network alone, true
+    adds the prompts (paper: 14,999,309 vs 15,086,349; here the tiny configuration)."""
+    import os
+
+    from models import build_model
+    from utils.config import load_config
+
+    tiny_yaml = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "experiments", "tests", "tiny.yaml")
+    counts = {}
+    for train_prompts in (False, True):
+        config = load_config(tiny_yaml, [f"model.text_encoder.train_prompts={train_prompts}"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = build_model(config)
+        trainable = {id(p) for p in model.trainable_parameters()}
+        assert (id(model.text_encoder.prompts) in trainable) == train_prompts
+        assert {id(p) for p in model.pose_net.parameters()} <= trainable
+        counts[train_prompts] = sum(p.numel() for p in model.trainable_parameters())
+        pose = sum(p.numel() for p in model.pose_net.parameters())
+    assert counts[False] == pose and counts[True] == pose + 17 * 2 * 32
