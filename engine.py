@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from datasets.transforms import model_inputs, prepare_batch
+from datasets.h36m import batch_flip_decision
+from datasets.transforms import model_inputs, prepare_batch, with_batch_flip
 from models.flip_test import predict
 from utils import distributed as dist_utils
 from utils.errors import MetaPoseError
@@ -30,12 +31,16 @@ class StepSettings:
     max_bad_steps: int = 20           # stop after this many consecutive non-finite steps
     log_every: int = 50               # optimiser steps between log lines / TensorBoard points
     channels_last: bool = False
+    flip_mode: str = "sample"         # sample (flips marked by the dataset) | batch (whole batches)
+    flip_prob: float = 0.5            # probability that a batch flips (flip_mode batch)
+    seed: int = 0                     # seeds the batch flips (flip_mode batch)
 
     @classmethod
     def from_config(cls, config):
         return cls(amp=config.speed.amp, clip_grad=config.train.clip_grad,
                    max_bad_steps=config.train.max_bad_steps, log_every=config.train.log_every,
-                   channels_last=config.speed.channels_last)
+                   channels_last=config.speed.channels_last, flip_mode=config.train.flip_mode,
+                   flip_prob=config.train.flip_prob, seed=config.seed)
 
 
 def _progress(iterable, total, description):
@@ -81,6 +86,9 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
     lr = optimizer.param_groups[0]["lr"]
     bar = _progress(loader, len(loader), f"epoch {epoch + 1}")
     for batch in bar:
+        if settings.flip_mode == "batch":
+            batch = with_batch_flip(batch, batch_flip_decision(
+                settings.seed, epoch, batches_done, settings.flip_prob, dist_utils.rank()))
         inputs = prepare_batch(batch, device, settings.channels_last)
         with autocast_context(device, settings.amp):
             output = model(*model_inputs(inputs), return_aux=True) if loss_fn.needs_aux \

@@ -15,7 +15,7 @@ import engine
 from datasets.loaders import build_eval_loader, build_train_loader
 from models.loss import build_loss
 from utils import distributed as dist_utils
-from utils.checkpoint import atomic_write_text, load_checkpoint
+from utils.checkpoint import atomic_write_text, load_checkpoint, load_model_state
 from utils.cli import run_cli
 from utils.config import CHOICES, load_config
 from utils.errors import MetaPoseError
@@ -96,14 +96,16 @@ def resolve_config(args):
 # Building
 
 
-def build_model(config, context):
-    """The model on the device, initialised identically on every rank (seeded with config.seed)."""
+def build_model(config, context, weights_from_checkpoint=False):
+    """The model on the device, initialised identically on every rank (seeded with config.seed).
+    weights_from_checkpoint: every weight comes from a checkpoint next, so the pretrained HRNet
+    and CLIP files are not read (they need not exist)."""
     from models import build_model as build_metapose
     from models.speed import prepare_model_for_speed
 
     dist_utils.seed_everything(config.seed)
-    model = prepare_model_for_speed(build_metapose(config).to(context.device), config,
-                                    context.device)
+    model = build_metapose(config, weights_from_checkpoint=weights_from_checkpoint)
+    model = prepare_model_for_speed(model.to(context.device), config, context.device)
     dist_utils.seed_everything(config.seed + context.rank)
     return model
 
@@ -139,7 +141,7 @@ class Training:
         self.logger, self.writer = logger, writer
         # The checkpoint file and the data first: problems with them show before the (slower)
         # model build.
-        start_path, start_checkpoint = self._read_start_checkpoint(args)
+        start_path, start_checkpoint, converted = self._read_start_checkpoint(args)
         train_set, val_set = build_datasets(config, context, ("train", "validation"))
         data, speed = config.data, config.speed
         self.train_loader = build_train_loader(
@@ -148,14 +150,14 @@ class Training:
         self.val_loader = build_eval_loader(
             val_set, config.eval.batch_size, data.num_workers, context, speed.pin_memory)
         self.metric_set = metric_set_for(val_set)
-        self.model = build_model(config, context)
+        self.model = build_model(config, context, weights_from_checkpoint=start_path is not None)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer,
                                                                 gamma=config.train.lr_decay)
         use_scaler = speed.amp == "fp16" and context.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.state = self._initial_state(args, start_path, start_checkpoint)
+        self.state = self._initial_state(args, start_path, start_checkpoint, converted)
         trainable = sum(p.numel() for p in self.model.trainable_parameters())
         logger.info("%d training / %d validation frames, %d process(es), %s trainable parameters, "
                     "%d steps per epoch", len(train_set), len(val_set), context.world_size,
@@ -170,20 +172,22 @@ class Training:
         self.stop = StopRequest()
 
     def _read_start_checkpoint(self, args):
-        """(path, loaded contents) of the checkpoint to resume (--resume [FILE]) or to start from
-        (--checkpoint FILE), or (None, None)."""
+        """(path, loaded contents, converted weights or None) of the checkpoint to resume
+        (--resume [FILE]) or to start from (--checkpoint FILE: any checkpoint, a published one
+        included), or (None, None, None)."""
         if args.resume is not None:
             if args.resume:
                 path, checkpoint = args.resume, load_checkpoint(args.resume)
             else:
                 path, checkpoint = find_resume_checkpoint(self.paths, self.logger)
             check_training_checkpoint(checkpoint, path)
-            return path, checkpoint
+            return path, checkpoint, None
         if args.checkpoint:
-            return args.checkpoint, load_checkpoint(args.checkpoint)
-        return None, None
+            checkpoint = load_checkpoint(args.checkpoint)
+            return args.checkpoint, checkpoint, load_model_state(checkpoint, args.checkpoint)
+        return None, None, None
 
-    def _initial_state(self, args, path, checkpoint):
+    def _initial_state(self, args, path, checkpoint, converted=None):
         if args.resume is not None:
             state = resume_training(path, self.model, self.optimizer, self.scheduler, self.scaler,
                                     self.config, self.logger, checkpoint)
@@ -191,8 +195,9 @@ class Training:
                 record_metrics(self.paths, None, keep_until_epoch=state.epoch)
             return state
         if checkpoint is not None:
-            load_weights(self.model, checkpoint, path, self.config, self.logger)
-            self.logger.info("initialised the model from '%s'", path)
+            load_weights(self.model, checkpoint, path, self.config, self.logger, converted)
+            self.logger.info("initialised the model from '%s' (weights only: a fresh optimizer "
+                             "and learning-rate schedule, training starts at epoch 1)", path)
         return TrainState()
 
     def save(self, new_best=False):
@@ -307,14 +312,14 @@ def evaluate_checkpoint(config, context, paths, args, logger, writer):
             f"checkpoint/best_epoch_{encoder}.bin.")
     # The file and the data first: problems with them show before the (slower) model build.
     checkpoint = load_checkpoint(path)
-    trained = isinstance(checkpoint, dict) and "model" in checkpoint
-    epoch = checkpoint.get("epoch") if trained else None
+    converted = load_model_state(checkpoint, path)  # a published file is converted here
+    epoch = converted[1].epoch
     (val_set,) = build_datasets(config, context, ("validation",))
     loader = build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
                                       context, config.speed.pin_memory)
     metric_set = metric_set_for(val_set)
-    model = build_model(config, context)
-    load_weights(model, checkpoint, path, config, logger)
+    model = build_model(config, context, weights_from_checkpoint=True)
+    load_weights(model, checkpoint, path, config, logger, converted)
     logger.info("evaluating '%s' on %d validation frames with %d process(es)%s", path,
                 len(val_set), context.world_size, ", flip test" if config.eval.flip_test else "")
     summary = engine.evaluate(model, loader,

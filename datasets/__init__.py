@@ -86,7 +86,10 @@ def build_dataset(config, split, rank=0):
             "data.root; data.root, data.train_file and data.val_file locate the file.")
     options = dict(image_dir=os.path.join(data.root, data.image_dir), image_mode=data.image_mode,
                    image_size=tuple(data.image_size), train=train,
-                   flip_prob=config.train.flip_prob if train else 0.0, seed=config.seed,
+                   # flip_mode batch: the engine flips whole batches (batch_flip_decision)
+                   flip_prob=(config.train.flip_prob
+                              if train and config.train.flip_mode == "sample" else 0.0),
+                   seed=config.seed,
                    blank_images=data.blank_images, skip_bad_images=data.skip_bad_images,
                    source=label_file)
     if kind == "mpi_inf_3dhp":

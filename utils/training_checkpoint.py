@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from utils import distributed as dist_utils
-from utils.checkpoint import (atomic_copy, extract_state_dict, load_checkpoint, load_model_weights,
+from utils.checkpoint import (atomic_copy, load_checkpoint, load_model_state, load_model_weights,
                               save_checkpoint)
 from utils.errors import MetaPoseError
 from utils.run_dir import git_commit
@@ -44,26 +44,32 @@ def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, 
         atomic_copy(paths.last, paths.best)
 
 
-def load_weights(model, checkpoint, path, config, logger):
-    """Copies the weights of a loaded `checkpoint` into `model`. When the checkpoint records the
-    config it was trained with, a mismatch error also names the model settings that differ (and
-    a checkpoint that fits in spite of such differences is loaded with a warning)."""
+def load_weights(model, checkpoint, path, config, logger, converted=None):
+    """Copies the weights of a loaded `checkpoint` into `model` (a file of the published
+    train.py is converted in memory first). When the checkpoint records the config it was
+    trained with, a mismatch error also names the model settings that differ (and a checkpoint
+    that fits in spite of such differences is loaded with a warning). converted: the
+    (state_dict, info) of load_model_state when already computed. Returns the info."""
     saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     changed = []
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
         changed = [key for key in _changed_keys(saved["model"],
                                                 json.loads(json.dumps(config.model)), "model.")
                    if ".pretrained " not in key]  # initial weights do not matter once loaded
+    state, info = converted or load_model_state(checkpoint, path)
     try:
-        load_model_weights(model, extract_state_dict(checkpoint, path), path)
+        load_model_weights(model, state, path, info)
     except MetaPoseError as error:
         if not changed:
             raise
         raise MetaPoseError(f"{error} The checkpoint was saved with other model settings: "
                             f"{', '.join(changed)}.") from None
+    if info.published:
+        logger.info("'%s': %s", path, info.summary())
     if changed:
         logger.warning("'%s' was saved with other model settings (%s); its weights fit this "
                        "model and are used", path, ", ".join(changed))
+    return info
 
 
 def find_resume_checkpoint(paths, logger):
