@@ -220,6 +220,24 @@ def test_stop_request_handles_real_signals():
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_second_ctrl_c_waits_for_a_deferred_block():
+    """While the trained epoch is written (StopRequest.deferred), a second Ctrl-C waits for the
+    write to finish, then stops the run."""
+    stop = StopRequest().install()
+    finished = False
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            with stop.deferred():
+                os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C
+                finished = True  # the block still runs to its end
+        assert finished
+        with stop.deferred():  # nothing pending any more
+            pass
+    finally:
+        stop.restore()
+
+
 def test_resumable_sampler_skips_once():
     loader = make_loader(size=20, batch=4)
     loader.sampler.set_epoch(3)
