@@ -2,6 +2,7 @@
 SIGTERM, multi-process training (torchrun) and evaluation that counts every frame once."""
 
 import glob
+import hashlib
 import json
 import os
 import signal
@@ -198,7 +199,9 @@ def _tree(folder):
 def test_eval_gives_the_same_result_with_1_2_3_processes(workspace, baseline):
     """... and writes into a folder of its own (never into the run of the checkpoint), with an
     eval.json that names the checkpoint and the data."""
-    from utils.checkpoint import file_sha256
+    def file_sha256(path):
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
 
     checkpoint = os.path.join(baseline, "checkpoints", "last.pt")
     untouched = _tree(baseline)
