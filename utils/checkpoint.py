@@ -120,7 +120,8 @@ def first_non_finite(tensors):
              if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel()]
     if not names:
         return None
-    bad = torch.stack([~torch.isfinite(tensors[name]).all().cpu() for name in names])
+    flags = [~torch.isfinite(tensors[name]).all() for name in names]
+    bad = torch.stack([flag.to(flags[0].device) for flag in flags]).cpu()
     return names[int(bad.nonzero()[0])] if bool(bad.any()) else None
 
 
