@@ -16,6 +16,7 @@ from datasets.h36m import batch_flip_decision
 from datasets.transforms import model_inputs, prepare_batch, with_batch_flip
 from models.flip_test import predict
 from utils import distributed as dist_utils
+from utils.checkpoint import first_non_finite
 from utils.errors import MetaPoseError
 from utils.logger import get_logger
 from utils.metric_set import metric_set_for
@@ -52,7 +53,7 @@ def _progress(iterable, total, description):
 
 
 def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, *, scaler=None,
-                    writer=None, stop=None, skip_batches=0):
+                    writer=None, stop=None, skip_batches=0, bad_steps_in_a_row=0):
     """Trains for one pass over `loader` (this process's share of the epoch).
 
     Args:
@@ -67,11 +68,15 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
         stop: StopRequest; when set on any process, all processes finish the same step and return.
         skip_batches: batches of this epoch already trained before a resume (for step numbering;
             the sampler already leaves them out).
+        bad_steps_in_a_row: non-finite steps in a row at the end of the training before this
+            call (the previous epoch, or the checkpoint resumed from): the count of consecutive
+            non-finite steps that `settings.max_bad_steps` limits goes on across epochs.
     Returns:
         dict: mean of each loss term over the finite steps ("loss", "mpjpe" in metres, ...),
         "samples_per_s" (all processes), "steps" (optimizer steps taken), "bad_steps" (skipped
-        non-finite steps), "batches_done" (batches of the epoch consumed, including
-        `skip_batches`), "interrupted" (stopped by a signal before the end of the epoch).
+        non-finite steps), "bad_steps_in_a_row" (consecutive non-finite steps at the end),
+        "batches_done" (batches of the epoch consumed, including `skip_batches`), "interrupted"
+        (stopped by a signal before the end of the epoch).
     Raises:
         MetaPoseError after `settings.max_bad_steps` consecutive non-finite steps.
     """
@@ -79,7 +84,8 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
     model.train()
     steps_per_epoch = len(loader) + skip_batches
     sums = None
-    steps = bad_steps = consecutive_bad = samples = 0
+    steps = bad_steps = samples = 0
+    consecutive_bad = bad_steps_in_a_row
     batches_done = skip_batches
     interrupted = False
     start = time.perf_counter()
@@ -147,8 +153,9 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
                 bar.set_postfix(loss=f"{loss_value:.4f}", samples_s=f"{rate:.0f}")
             if writer:
                 global_step = epoch * steps_per_epoch + batches_done
-                for name, value in terms.items():
-                    writer.add_scalar(f"train_step/{name}", float(value.detach()), global_step)
+                add_loss_scalars(writer, "train_step",
+                                 {name: float(value.detach()) for name, value in terms.items()},
+                                 global_step)
                 writer.add_scalar("train_step/lr", lr, global_step)
             if batches_done % settings.log_every == 0:
                 logger.info("epoch %d step %d/%d  loss %.5f  %.0f samples/s", epoch + 1,
@@ -169,9 +176,19 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
     stats = {name: float(total[i]) / finite_steps if finite_steps else math.nan
              for i, name in enumerate(names)}
     stats.update({"samples_per_s": float(total[-1]) / elapsed, "steps": steps,
-                  "bad_steps": bad_steps, "batches_done": batches_done, "interrupted": interrupted,
-                  "lr": lr})
+                  "bad_steps": bad_steps, "bad_steps_in_a_row": consecutive_bad,
+                  "batches_done": batches_done, "interrupted": interrupted, "lr": lr})
     return stats
+
+
+def add_loss_scalars(writer, section, terms, global_step):
+    """Loss terms {name: float} as TensorBoard scalars `<section>/<name>`; the MPJPE term (metres
+    in the loss) goes to `<section>/mpjpe_mm` in millimetres, like every other MPJPE curve."""
+    for name, value in terms.items():
+        if name == "mpjpe":
+            writer.add_scalar(f"{section}/mpjpe_mm", value * 1000.0, global_step)
+        else:
+            writer.add_scalar(f"{section}/{name}", value, global_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,6 +212,8 @@ def evaluate(model, loader, device, *, metrics=None, flip_test=True, amp="none",
         the metric set's summary over all processes (H36M: "p1", "p2", "frames", "per_action";
         MPI-INF-3DHP: "pck", "auc", "mpjpe", "frames", "per_scene", "per_sequence") plus
         "samples_per_s", or None when a stop request abandoned the evaluation.
+    Raises:
+        MetaPoseError on every process when the model predicted NaN/Inf for any frame.
     """
     model.eval()
     accumulator = metric_set_for(getattr(loader, "dataset", None)) if metrics is None \
@@ -202,13 +221,14 @@ def evaluate(model, loader, device, *, metrics=None, flip_test=True, amp="none",
     accumulator.reset()
     visual = []
     start = time.perf_counter()
-    abandoned = False
+    abandoned, non_finite = False, 0
     for batch in _progress(loader, len(loader), "eval"):
         if stop is not None and stop.requested:
             abandoned = True
             break
         inputs = prepare_batch(batch, device, channels_last)
         pred = predict(model, inputs, flip_test, amp)
+        non_finite += int((~torch.isfinite(pred).flatten(1).all(dim=1)).sum())
         accumulator.update_batch(pred.cpu(), inputs["joints_3d"].cpu(), batch)
         if dist_utils.is_main() and len(visual) < num_visualize:
             for i in range(min(num_visualize - len(visual), pred.shape[0])):
@@ -217,16 +237,34 @@ def evaluate(model, loader, device, *, metrics=None, flip_test=True, amp="none",
                                "pred_3d": pred[i].cpu(), "gt_3d": batch["joints_3d"][i],
                                "title": accumulator.describe(batch, i)})
     state = accumulator.state()
-    flat = torch.cat([state.flatten(), torch.tensor([float(abandoned)], dtype=state.dtype)])
-    flat = dist_utils.all_reduce_sum(flat)
+    flags = torch.tensor([float(non_finite), float(abandoned)], dtype=state.dtype)
+    flat = dist_utils.all_reduce_sum(torch.cat([state.flatten(), flags]))
     if float(flat[-1]) > 0:
         return None
-    accumulator.load_state(flat[:-1].view_as(state))
+    accumulator.load_state(flat[:-2].view_as(state))
     summary = accumulator.summary()
+    if float(flat[-2]) > 0:
+        raise _non_finite_predictions(model, int(flat[-2]), summary["frames"],
+                                      amp if device.type == "cuda" else "none")
     summary["samples_per_s"] = summary["frames"] / max(time.perf_counter() - start, 1e-9)
     if writer and visual:
         _draw_figures(writer, visual, global_step)
     return summary
+
+
+def _non_finite_predictions(model, count, frames, amp):
+    """The MetaPoseError for an evaluation in which the model predicted NaN/Inf joints."""
+    bad = first_non_finite(model.state_dict())
+    if bad is not None:
+        why = (f"its weights are not finite (first '{bad}'): training diverged. Lower train.lr "
+               "or set train.clip_grad (e.g. 1.0)")
+    else:
+        why = ("its weights are finite, so its activations overflowed" +
+               (f": try speed.amp=none instead of {amp}" if amp != "none" else
+                ": the weights are too large (training diverged); lower train.lr or set "
+                "train.clip_grad (e.g. 1.0)"))
+    return MetaPoseError(f"the model produced non-finite 3D joints (NaN or Inf) for {count} of "
+                         f"{frames} validation frames, so P1/P2 cannot be computed; {why}.")
 
 
 def _draw_figures(writer, samples, global_step):

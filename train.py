@@ -15,16 +15,18 @@ import engine
 from datasets.loaders import build_eval_loader, build_train_loader
 from models.loss import build_loss
 from utils import distributed as dist_utils
-from utils.checkpoint import atomic_write_text, load_checkpoint, load_model_state
+from utils.checkpoint import atomic_write_text, file_sha256, load_checkpoint, load_model_state
 from utils.cli import run_cli
 from utils.config import CHOICES, load_config
 from utils.errors import MetaPoseError
-from utils.logger import build_tb_writer, close_logger, setup_logger
+from utils.launcher_watchdog import watch_launcher
+from utils.logger import NullWriter, build_tb_writer, close_logger, setup_logger
 from utils.metric_set import metric_set_for
-from utils.signals import StopRequest
-from utils.run_dir import REPO_ROOT, metrics_record, prepare_run_dir, record_metrics, record_run
-from utils.training_checkpoint import (TrainState, check_training_checkpoint,
-                                       find_resume_checkpoint, load_weights, resume_training,
+from utils.run_dir import REPO_ROOT, metrics_record, open_run_dir, record_metrics
+from utils.signals import StopRequest, sigterm_raises
+from utils.training_checkpoint import (TrainState, check_resumed_data, check_training_checkpoint,
+                                       find_resume_checkpoint, load_weights,
+                                       repair_best_checkpoint, resume_training,
                                        save_training_checkpoint, score_text)
 
 # File names of the published weights; --image_encoder/--text_encoder switch between them.
@@ -57,6 +59,10 @@ def parse_args(argv=None):
                         "checkpoint/best_epoch_<image_encoder>.bin) or to start training from")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="FILE",
                         help="continue a run from FILE, or from the run's checkpoints/last.pt")
+    parser.add_argument("--allow_data_change", action="store_true",
+                        help="with --resume: continue although the label files differ from "
+                        "those the checkpoint was trained on (a changed validation set restarts "
+                        "the best score)")
     parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
                         help=argparse.SUPPRESS)  # passed by python -m torch.distributed.launch
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -118,6 +124,19 @@ def build_datasets(config, context, splits):
         lambda: [build_dataset(config, split, context.rank) for split in splits])
 
 
+def data_fingerprint(datasets):
+    """{split: {"path", "sha256", "frames"}} of the label files `datasets` ({split: dataset})
+    were read from: recorded in checkpoints and eval.json, compared on --resume. Rank 0 hashes
+    the files; every rank gets its result."""
+    record = None
+    if dist_utils.is_main():
+        record = {split: {"path": os.path.abspath(dataset.source),
+                          "sha256": file_sha256(dataset.source), "frames": len(dataset)}
+                  for split, dataset in datasets.items()
+                  if os.path.isfile(getattr(dataset, "source", "") or "")}
+    return dist_utils.broadcast_object(record)
+
+
 # ----------------------------------------------------------------------------------------------
 # Training and evaluation runs
 
@@ -136,13 +155,18 @@ class Training:
     """One training run: the model (unwrapped for checkpoints and evaluation, DDP-wrapped for
     training steps), the data, the optimisation state and the epoch loop."""
 
-    def __init__(self, config, context, paths, args, logger, writer):
+    def __init__(self, config, context, paths, args, logger):
         self.config, self.context, self.paths = config, context, paths
-        self.logger, self.writer = logger, writer
+        self.logger, self.writer = logger, None
+        self.notes = []  # lines for the head of config.yaml (settings a resume changed)
         # The checkpoint file and the data first: problems with them show before the (slower)
         # model build.
         start_path, start_checkpoint, converted = self._read_start_checkpoint(args)
         train_set, val_set = build_datasets(config, context, ("train", "validation"))
+        self.data = data_fingerprint({"train": train_set, "validation": val_set})
+        self.validation_changed = args.resume is not None and check_resumed_data(
+            start_checkpoint.get("data") or {}, self.data, start_path, args.allow_data_change,
+            logger)
         data, speed = config.data, config.speed
         self.train_loader = build_train_loader(
             train_set, config.train.batch_size, data.num_workers, config.seed, context,
@@ -189,44 +213,59 @@ class Training:
 
     def _initial_state(self, args, path, checkpoint, converted=None):
         if args.resume is not None:
-            state = resume_training(path, self.model, self.optimizer, self.scheduler, self.scaler,
-                                    self.config, self.logger, checkpoint)
+            state, applied = resume_training(path, self.model, self.optimizer, self.scheduler,
+                                             self.scaler, self.config, self.logger, checkpoint)
+            state.data = self.data
+            if self.validation_changed:  # scores on two validation sets do not compare
+                self.logger.warning("--allow_data_change: the validation set changed, so the best "
+                                    "%s restarts (was %s at epoch %s)",
+                                    self.metric_set.score_label, score_text(state.best_score),
+                                    state.best_epoch)
+                state.best_score, state.best_epoch = None, None
+            if applied:
+                self.notes.append(f"resumed from '{path}' after epoch {state.epoch}, with "
+                                  f"changed {', '.join(applied)} from epoch {state.epoch + 1} on")
             if dist_utils.is_main():
-                record_metrics(self.paths, None, keep_until_epoch=state.epoch)
+                repair_best_checkpoint(self.paths, state, path, self.logger, self.metric_set)
+                # Evaluations the checkpoint does not account for are run again.
+                record_metrics(self.paths, None,
+                               keep_until_epoch=state.epoch - int(state.eval_pending))
             return state
         if checkpoint is not None:
             load_weights(self.model, checkpoint, path, self.config, self.logger, converted)
             self.logger.info("initialised the model from '%s' (weights only: a fresh optimizer "
                              "and learning-rate schedule, training starts at epoch 1)", path)
-        return TrainState()
+        return TrainState(data=self.data)
 
-    def save(self, new_best=False):
-        save_training_checkpoint(self.paths, self.model, self.optimizer, self.scheduler,
-                                 self.scaler, self.state, self.config, new_best)
+    def save(self, new_best=False, evaluation=None):
+        """Checkpoints (and `evaluation`, a metrics.jsonl record) in the order that keeps best.pt
+        right after any kill (utils/training_checkpoint.py); a second Ctrl-C waits for it."""
+        with self.stop.deferred():
+            save_training_checkpoint(self.paths, self.model, self.optimizer, self.scheduler,
+                                     self.scaler, self.state, self.config, new_best, evaluation)
 
     def evaluate_and_record(self, epoch):
-        """Evaluates after `epoch`, logs and records it; returns whether the metric set's score
-        (H36M: P1, 3DHP: MPJPE) is a new best."""
-        config, metric_set = self.config, self.metric_set
+        """Evaluates the trained `epoch` (already saved with eval_pending), logs it and saves the
+        result: best.pt when the metric set's score (H36M: P1, 3DHP: MPJPE) is a new best, its
+        metrics.jsonl line, last.pt."""
+        config, state, metric_set = self.config, self.state, self.metric_set
         summary = engine.evaluate(self.model, self.val_loader, self.context.device,
                                   metrics=metric_set, flip_test=config.eval.flip_test,
                                   amp=config.speed.amp,
                                   channels_last=self.settings.channels_last,
                                   num_visualize=config.eval.num_visualize, writer=self.writer,
                                   global_step=epoch, stop=self.stop)
-        self.state.eval_pending = summary is None
-        if summary is None:
+        if summary is None:  # last.pt already holds the epoch, marked eval_pending
             self.logger.warning("evaluation after epoch %d interrupted; it runs first on --resume",
                                 epoch)
-            return False
+            return
         log_evaluation(self.logger, self.writer, summary, epoch, metric_set)
-        if dist_utils.is_main():
-            record_metrics(self.paths, metrics_record(summary, epoch, metric_set))
         score = summary[metric_set.score_key]
-        if metric_set.is_better(score, self.state.best_score):
-            self.state.best_score = score
-            return True
-        return False
+        new_best = metric_set.is_better(score, state.best_score)
+        if new_best:
+            state.best_score, state.best_epoch = score, epoch
+        state.eval_pending = False
+        self.save(new_best, metrics_record(summary, epoch, metric_set))
 
     def train_epoch(self, epoch):
         """Seeds from (seed, rank, epoch), skips the batches trained before an interruption
@@ -241,18 +280,23 @@ class Training:
             loader.sampler.skip_next(state.batches_done * self.config.train.batch_size)
             if state.rng_states and self.context.rank < len(state.rng_states):
                 dist_utils.set_rng_state(state.rng_states[self.context.rank])
-        return engine.train_one_epoch(self.train_model, self.loss_fn, loader, self.optimizer,
-                                      self.context.device, epoch, self.settings,
-                                      scaler=self.scaler, writer=self.writer, stop=self.stop,
-                                      skip_batches=state.batches_done)
+        stats = engine.train_one_epoch(self.train_model, self.loss_fn, loader, self.optimizer,
+                                       self.context.device, epoch, self.settings,
+                                       scaler=self.scaler, writer=self.writer, stop=self.stop,
+                                       skip_batches=state.batches_done,
+                                       bad_steps_in_a_row=state.bad_steps_in_a_row)
+        state.bad_steps_in_a_row = stats["bad_steps_in_a_row"]
+        return stats
 
-    def run(self):
-        """The epoch loop; returns the exit status (0, or 128 + signal number after a stop)."""
+    def run(self, writer):
+        """The epoch loop; returns the exit status (0, or 128 + signal number after a stop).
+        Each trained epoch is saved before its evaluation starts."""
+        self.writer = writer
         state, epochs, every = self.state, self.config.train.epochs, self.config.eval.every
         self.stop.install()
         try:
             if state.eval_pending:
-                self.save(self.evaluate_and_record(state.epoch))
+                self.evaluate_and_record(state.epoch)
             for epoch in range(state.epoch, epochs):
                 if dist_utils.any_flag(self.stop.requested)[0]:
                     break
@@ -269,8 +313,10 @@ class Training:
                 state.epoch, state.batches_done = epoch + 1, 0
                 log_train_epoch(self.logger, self.writer, stats, epoch, epochs,
                                 time.perf_counter() - started)
-                due = state.epoch % every == 0 or state.epoch == epochs
-                self.save(self.evaluate_and_record(state.epoch) if due else False)
+                state.eval_pending = state.epoch % every == 0 or state.epoch == epochs
+                self.save()
+                if state.eval_pending:
+                    self.evaluate_and_record(state.epoch)
             stopping = dist_utils.any_flag(self.stop.requested)[0]
         finally:
             self.stop.restore()
@@ -282,10 +328,6 @@ class Training:
         return 0
 
 
-def train(config, context, paths, args, logger, writer):
-    return Training(config, context, paths, args, logger, writer).run()
-
-
 def log_train_epoch(logger, writer, stats, epoch, epochs, seconds):
     kl = f"  kl {stats['kl']:.5f}" if "kl" in stats else ""
     skipped = f", {stats['bad_steps']} skipped (non-finite)" if stats["bad_steps"] else ""
@@ -293,16 +335,16 @@ def log_train_epoch(logger, writer, stats, epoch, epochs, seconds):
                 "(%.0f s)", epoch + 1, epochs, stats["loss"], stats["mpjpe"] * 1000.0, kl,
                 stats["lr"], stats["samples_per_s"], stats["steps"], skipped, seconds)
     if writer:
-        for name in ("loss", "mpjpe", "kl"):
-            if name in stats:
-                writer.add_scalar(f"train/{name}", stats[name], epoch + 1)
+        engine.add_loss_scalars(writer, "train", {name: stats[name] for name in
+                                                  ("loss", "mpjpe", "kl") if name in stats},
+                                epoch + 1)
         writer.add_scalar("train/lr", stats["lr"], epoch + 1)
         writer.add_scalar("train/samples_per_s", stats["samples_per_s"], epoch + 1)
         writer.add_scalar("train/bad_steps", stats["bad_steps"], epoch + 1)
 
 
-def evaluate_checkpoint(config, context, paths, args, logger, writer):
-    """--eval: loads released weights or a checkpoint, evaluates, writes eval.json."""
+def eval_checkpoint_path(args, config):
+    """The file --eval scores: --checkpoint, or the released weights of the image encoder."""
     encoder = config.model.image_encoder.type
     path = args.checkpoint or os.path.join(REPO_ROOT, "checkpoint", f"best_epoch_{encoder}.bin")
     if not os.path.exists(path):
@@ -310,60 +352,98 @@ def evaluate_checkpoint(config, context, paths, args, logger, writer):
             f"no checkpoint to evaluate: '{path}' does not exist. Pass --checkpoint "
             f"logs/<run>/checkpoints/best.pt (a run of yours) or put the released weights at "
             f"checkpoint/best_epoch_{encoder}.bin.")
-    # The file and the data first: problems with them show before the (slower) model build.
-    checkpoint = load_checkpoint(path)
-    converted = load_model_state(checkpoint, path)  # a published file is converted here
-    epoch = converted[1].epoch
-    (val_set,) = build_datasets(config, context, ("validation",))
-    loader = build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
-                                      context, config.speed.pin_memory)
-    metric_set = metric_set_for(val_set)
-    model = build_model(config, context, weights_from_checkpoint=True)
-    load_weights(model, checkpoint, path, config, logger, converted)
-    logger.info("evaluating '%s' on %d validation frames with %d process(es)%s", path,
-                len(val_set), context.world_size, ", flip test" if config.eval.flip_test else "")
-    summary = engine.evaluate(model, loader,
-                              context.device, metrics=metric_set, flip_test=config.eval.flip_test,
-                              amp=config.speed.amp, channels_last=config.speed.channels_last,
-                              num_visualize=config.eval.num_visualize, writer=writer,
-                              global_step=epoch or 0)
-    log_evaluation(logger, writer, summary, epoch, metric_set)
-    if dist_utils.is_main():
-        record = json.dumps(metrics_record(summary, epoch, metric_set), indent=2)
-        atomic_write_text(paths.file("eval.json"), record + "\n")
-        logger.info("%s; wrote %s", metric_set.headline(summary), paths.file("eval.json"))
-    return 0
+    return path
+
+
+class Evaluation:
+    """--eval: scores released weights or a checkpoint and writes eval.json (the metrics record
+    plus "checkpoint": {path, sha256} and "data": {"validation": {path, sha256, frames}})."""
+
+    def __init__(self, config, context, paths, args, logger):
+        self.config, self.context, self.paths, self.logger = config, context, paths, logger
+        self.notes = []
+        self.path = eval_checkpoint_path(args, config)
+        # The file and the data first: problems with them show before the (slower) model build.
+        checkpoint = load_checkpoint(self.path)
+        converted = load_model_state(checkpoint, self.path)  # a published file is converted here
+        self.epoch = converted[1].epoch
+        (val_set,) = build_datasets(config, context, ("validation",))
+        self.loader = build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
+                                        context, config.speed.pin_memory)
+        self.metric_set = metric_set_for(val_set)
+        self.model = build_model(config, context, weights_from_checkpoint=True)
+        load_weights(self.model, checkpoint, self.path, config, logger, converted)
+        self.record = {"checkpoint": {"path": os.path.abspath(self.path),
+                                      "sha256": file_sha256(self.path) if context.is_main
+                                      else None},
+                       "data": data_fingerprint({"validation": val_set})}
+        logger.info("evaluating '%s' on %d validation frames with %d process(es)%s", self.path,
+                    len(val_set), context.world_size,
+                    ", flip test" if config.eval.flip_test else "")
+
+    def run(self, writer):
+        config, metric_set = self.config, self.metric_set
+        summary = engine.evaluate(self.model, self.loader, self.context.device,
+                                  metrics=metric_set, flip_test=config.eval.flip_test,
+                                  amp=config.speed.amp, channels_last=config.speed.channels_last,
+                                  num_visualize=config.eval.num_visualize, writer=writer,
+                                  global_step=self.epoch or 0)
+        log_evaluation(self.logger, writer, summary, self.epoch, metric_set)
+        if dist_utils.is_main():
+            record = {**metrics_record(summary, self.epoch, metric_set), **self.record}
+            atomic_write_text(self.paths.file("eval.json"), json.dumps(record, indent=2) + "\n")
+            self.logger.info("%s; wrote %s", metric_set.headline(summary),
+                             self.paths.file("eval.json"))
+        return 0
+
+
+def _peer_stopped(error, context):
+    """The MetaPoseError for an error that only says another process of the run went away, or
+    None for any other error."""
+    if not isinstance(error, Exception) or isinstance(error, MetaPoseError) \
+            or not dist_utils.lost_peer(error):
+        return None
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    if first.startswith("[") and "] " in first:  # "[.../pair.cc:561] Connection closed ..."
+        first = first.split("] ", 1)[1]
+    first = first.split(". ", 1)[0]
+    return MetaPoseError(
+        f"process {context.rank} of {context.world_size} stopped because another process of "
+        f"this run stopped first ({first[:200]}). The error printed by that process says why.")
 
 
 def main(argv=None):
+    watch_launcher()  # under torchrun: stop when the launcher is gone
     args = parse_args(argv)
     config = resolve_config(args)
-    context = dist_utils.init_distributed(args.local_rank)
-    paths = dist_utils.main_first(lambda: prepare_run_dir(args, config))
-    logger = setup_logger(context.rank, paths.file("log.txt"))
-    writer = build_tb_writer(paths.file("tb"), context.rank)
-    try:
-        if context.is_main:
-            record_run(paths, config, args)
-        logger.info("%s run in %s (%d process(es) on %s)",
-                    "evaluation" if args.eval else "training", paths.root, context.world_size,
-                    context.device)
-        run = evaluate_checkpoint if args.eval else train
-        status = run(config, context, paths, args, logger, writer)
-    except Exception as error:  # noqa: BLE001 (re-raised unless another process went away)
-        if isinstance(error, MetaPoseError) or not dist_utils.lost_peer(error):
+    eval_checkpoint = eval_checkpoint_path(args, config) if args.eval else None
+    context = dist_utils.init_distributed(args.local_rank,
+                                          init_timeout=config.distributed.init_timeout)
+    with sigterm_raises():  # a start stopped by the launcher still cleans up after itself
+        run = open_run_dir(args, config, eval_checkpoint)
+        logger = setup_logger(context.rank, run.paths.file("log.txt"))
+        writer = NullWriter()
+        try:
+            logger.info("%s run in %s (%d process(es) on %s)",
+                        "evaluation" if args.eval else "training", run.paths.root,
+                        context.world_size, context.device)
+            job = (Evaluation if args.eval else Training)(config, context, run.paths, args,
+                                                          logger)
+            if not args.eval:
+                run.started(config, job.notes)  # a training's directory is kept from here on
+            writer = build_tb_writer(run.paths.file("tb"), context.rank)
+            status = job.run(writer)
+            run.started(config, job.notes)  # an evaluation's, once eval.json is written
+        except BaseException as error:
+            run.abandon()  # a failed start leaves no directory behind
+            peer_stopped = _peer_stopped(error, context)
+            if peer_stopped is not None:
+                raise peer_stopped from None
             raise
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        if first.startswith("[") and "] " in first:  # "[.../pair.cc:561] Connection closed ..."
-            first = first.split("] ", 1)[1]
-        first = first.split(". ", 1)[0]
-        raise MetaPoseError(
-            f"process {context.rank} of {context.world_size} stopped because another process of "
-            f"this run stopped first ({first[:200]}). The error printed by that process says "
-            "why.") from None
-    finally:
-        writer.close()
-        close_logger(logger)
+        finally:
+            writer.close()
+            close_logger(logger)
+            run.close()
     dist_utils.cleanup()
     return status
 

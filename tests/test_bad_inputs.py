@@ -92,14 +92,15 @@ def world(tmp_path_factory):
     return space
 
 
-def _env():
+def _env(**extra):
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
     return env
 
 
-def _train_py(args, processes=1):
+def _train_py(args, processes=1, env=None):
     if processes == 1:
         command = [sys.executable, os.path.join(REPO, "train.py")] + args
     else:
@@ -108,8 +109,8 @@ def _train_py(args, processes=1):
             port = sock.getsockname()[1]
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
                    f"--master_port={port}", os.path.join(REPO, "train.py")] + args
-    return subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(command, cwd=REPO, env=_env(**(env or {})), capture_output=True,
+                          text=True, timeout=300)
 
 
 def _first_line(stderr):
@@ -174,6 +175,26 @@ def _malicious_checkpoint(world):
     return path
 
 
+def _changed_checkpoint(name, change):
+    """A maker of a copy of the trained checkpoint with `change(checkpoint_dict)` applied."""
+    def make(world):
+        checkpoint = torch.load(world.checkpoint, weights_only=True)
+        change(checkpoint)
+        path = world.path(name)
+        torch.save(checkpoint, path)
+        return path
+    return make
+
+
+def _drop_last_optimizer_parameter(checkpoint):
+    checkpoint["optimizer"]["param_groups"][0]["params"].pop()
+
+
+def _nan_weight(checkpoint):
+    key = sorted(checkpoint["model"])[-1]
+    checkpoint["model"][key].view(-1)[0] = float("nan")
+
+
 def _garbage_labels(world):
     folder = world.path("labels", "garbage")
     os.makedirs(folder)
@@ -224,6 +245,24 @@ CASES = {
     "unknown text encoder (--text_encoder)": (
         lambda w: w.base_args("enc", "--text_encoder", "ViT-H/14"),
         ["--text_encoder", "'ViT-H/14'", "ViT-B/32", "ViT-L/14"]),
+    "batch size 0": (
+        lambda w: w.base_args("range", "train.batch_size=0"),
+        ["'train.batch_size'", "is 0, out of range", ">= 1"]),
+    "learning rate NaN": (
+        lambda w: w.base_args("range", "train.lr=.nan"),
+        ["'train.lr'", "is nan, out of range", "> 0"]),
+    "image size 0": (
+        lambda w: w.base_args("range", "data.image_size=[0,0]"),
+        ["'data.image_size'", "[0, 0]", ">= 8 (each entry)"]),
+    "embed_dim not divisible by the heads": (
+        lambda w: w.base_args("range", "model.embed_dim=36"),
+        ["'model.embed_dim'", "36", "not divisible by 8", "'model.lift_heads'"]),
+    "_base_ that is not a path": (
+        lambda w: ["--config", _yaml(w, "base3.yaml", "_base_: 3\n"), "--logdir", w.logs],
+        ["base3.yaml", "'_base_'", "is 3 (int)", "path of the YAML file"]),
+    "stale RANK without WORLD_SIZE": (
+        lambda w: w.base_args("rank"),
+        ["RANK=1 is set but WORLD_SIZE is not", "unset RANK"], {"RANK": "1"}),
     "unwritable log directory": (
         lambda w: ["--config", TINY, "--logdir",
                    os.path.join(_write(w.path("file.txt"), b"a file"), "sub")],
@@ -258,6 +297,26 @@ CASES = {
     "not a training checkpoint (--resume)": (
         lambda w: w.base_args("resume2", "--resume", _state_dict_only(w)),
         ["weights_only.pt", "not a MetaPose training checkpoint", "--checkpoint"]),
+    "checkpoint without optimizer state (--resume)": (
+        lambda w: w.base_args("resume4", "--resume", _changed_checkpoint(
+            "no_optimizer.pt", lambda c: c.pop("optimizer"))(w)),
+        ["no_optimizer.pt", "damaged training checkpoint", "'optimizer'", "is missing"]),
+    "checkpoint with a text epoch (--resume)": (
+        lambda w: w.base_args("resume5", "--resume", _changed_checkpoint(
+            "text_epoch.pt", lambda c: c.update(epoch="1"))(w)),
+        ["text_epoch.pt", "'epoch' is '1' (str)", "an integer >= 0"]),
+    "checkpoint with a damaged RNG state (--resume)": (
+        lambda w: w.base_args("resume6", "--resume", _changed_checkpoint(
+            "bad_rng.pt", lambda c: c["rng_states"][0].pop("numpy"))(w)),
+        ["bad_rng.pt", "'rng_states[0]' cannot be restored"]),
+    "optimizer state of other parameters (--resume)": (
+        lambda w: w.base_args("resume7", "--resume", _changed_checkpoint(
+            "other_optimizer.pt", _drop_last_optimizer_parameter)(w)),
+        ["other_optimizer.pt", "trainable parameters in group 0", "this model has"]),
+    "checkpoint with NaN weights (--eval)": (
+        lambda w: w.base_args("nan", "--eval", "--checkpoint", _changed_checkpoint(
+            "nan_weights.pt", _nan_weight)(w)),
+        ["nan_weights.pt", "non-finite weights (NaN or Inf), first in '"]),
     "nothing to resume (--resume)": (
         lambda w: w.base_args("resume3", "--resume"),
         ["found nothing to resume", "last.pt"]),
@@ -310,9 +369,12 @@ CASES = {
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_gives_one_clear_error(world, name):
-    make_args, words = CASES[name]
-    result = _train_py(make_args(world))
+    make_args, words, *env = CASES[name]
+    args = make_args(world)
+    runs = sorted(os.listdir(world.logs))
+    result = _train_py(args, env=env[0] if env else None)
     shown = f"{name}: exit {result.returncode}\n{result.stderr[-3000:]}"
+    assert sorted(os.listdir(world.logs)) == runs, shown  # a failed start leaves no directory
     assert result.returncode == 2, shown
     assert result.stderr.startswith("error: "), shown
     assert result.stderr.count("\n") == 1, shown  # one paragraph, one line

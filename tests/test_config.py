@@ -133,3 +133,88 @@ def test_resolved_yaml_round_trips(tmp_path):
     again.pop("config_path")
     config.pop("config_path")
     assert again == config
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges of numeric settings (checked at load time, before anything runs)
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.batch_size=0", ["'train.batch_size'", "is 0", ">= 1"]),
+    ("train.lr=-1", ["'train.lr'", "is -1.0", "> 0"]),
+    ("train.lr=.nan", ["'train.lr'", "nan", "> 0"]),
+    ("train.lr=.inf", ["'train.lr'", "inf"]),
+    ("eval.every=0", ["'eval.every'", "is 0", ">= 1"]),
+    ("train.log_every=0", ["'train.log_every'", ">= 1"]),
+    ("data.num_workers=-1", ["'data.num_workers'", "is -1", ">= 0"]),
+    ("data.image_size=[0,0]", ["'data.image_size'", "[0, 0]", ">= 8 (each entry)"]),
+    ("data.image_size=[64,-48]", ["'data.image_size'", "[64, -48]"]),
+    ("train.flip_prob=1.5", ["'train.flip_prob'", "in [0, 1]"]),
+    ("train.lr_decay=0", ["'train.lr_decay'", "in (0, 1]"]),
+    ("train.clip_grad=0", ["'train.clip_grad'", "> 0"]),
+    ("train.epochs=0", ["'train.epochs'", ">= 1"]),
+    ("model.drop_path=[0.1, 1.0]", ["'model.drop_path'", "in [0, 1)"]),
+    ("model.image_encoder.width=0", ["'model.image_encoder.width'", ">= 1"]),
+    ("distributed.init_timeout=0", ["'distributed.init_timeout'", "> 0"]),
+    ("model.embed_dim=30", ["'model.embed_dim'", "is 30", "not divisible by 4",
+                            "'model.deform_heads'"]),
+    ("model.embed_dim=36", ["'model.embed_dim'", "is 36", "not divisible by 8",
+                            "'model.lift_heads'"]),
+    ("model.lift_heads=3", ["'model.embed_dim'", "not divisible by 3"]),
+])
+def test_out_of_range_values_name_key_value_and_range(override, words):
+    with pytest.raises(MetaPoseError) as error:
+        load_config(None, [override])
+    message = str(error.value)
+    assert f"command-line override '{override}'" in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_range_error_names_the_file_that_set_the_value(tmp_path):
+    path = write(tmp_path, "zero.yaml", "train:\n  batch_size: 0\n")
+    with pytest.raises(MetaPoseError, match=f"'train.batch_size' in '{path}' is 0"):
+        load_config(path)
+    # A later override with a good value wins over the bad one of the file.
+    assert load_config(path, ["train.batch_size=4"]).train.batch_size == 4
+
+
+def _numeric_leaves(tree, prefix=""):
+    from utils.config import NULLABLE_TYPES
+
+    for name, value in tree.items():
+        key = prefix + name
+        if isinstance(value, dict):
+            yield from _numeric_leaves(value, key + ".")
+        elif value is None:
+            if NULLABLE_TYPES.get(key) in (int, float):
+                yield key
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key
+        elif isinstance(value, list) and value and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            yield key
+
+
+def test_every_numeric_default_has_a_range():
+    """A numeric key added to utils/defaults.yaml needs its line in NUMERIC_RANGES."""
+    from utils.config import NUMERIC_RANGES
+
+    numeric = set(_numeric_leaves(default_config()))
+    assert numeric - set(NUMERIC_RANGES) == set()
+    assert set(NUMERIC_RANGES) - numeric == set()  # no stale entries
+    for key, allowed in NUMERIC_RANGES.items():  # the defaults themselves are allowed
+        value = default_config()
+        for part in key.split("."):
+            value = value[part]
+        for item in (value if isinstance(value, list) else [value]):
+            assert item is None or allowed.contains(item), key
+
+
+@pytest.mark.parametrize("base", ["3", "[a.yaml, b.yaml]", "''", "{x: 1}"])
+def test_base_that_is_not_a_path(tmp_path, base):
+    path = write(tmp_path, "child.yaml", f"_base_: {base}\ntrain:\n  epochs: 2\n")
+    with pytest.raises(MetaPoseError) as error:
+        load_config(path)
+    assert "'_base_'" in str(error.value) and path in str(error.value)
+    assert "path of the YAML file" in str(error.value)

@@ -1,6 +1,8 @@
 """Engine pieces on a CPU with a tiny stand-in model: batches and flips, loss, the training step
 (non-finite losses, stop requests), evaluation, loaders, checkpoints, distributed fallbacks."""
 
+import errno
+import math
 import os
 import pickle
 import random
@@ -122,12 +124,12 @@ def test_loss_terms_and_weights():
 # Training loop
 
 
-def _train(model, loader, loss_fn=None, epoch=0, stop=None, max_bad_steps=20):
+def _train(model, loader, loss_fn=None, epoch=0, stop=None, max_bad_steps=20, **kwargs):
     optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
     settings = engine.StepSettings(max_bad_steps=max_bad_steps, log_every=2)
     loader.sampler.set_epoch(epoch)
     return engine.train_one_epoch(model, loss_fn or PoseLoss(), loader, optimizer,
-                                  torch.device("cpu"), epoch, settings, stop=stop)
+                                  torch.device("cpu"), epoch, settings, stop=stop, **kwargs)
 
 
 def test_train_one_epoch_reduces_loss_and_reports():
@@ -171,6 +173,22 @@ def test_non_finite_steps_are_skipped_and_counted():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_non_finite_steps_in_a_row_are_counted_across_epochs():
+    """Two bad steps at the end of an epoch and one at the start of the next are three in a row:
+    train.max_bad_steps=3 fires (the count travels in the training state, also through resume)."""
+    torch.manual_seed(0)
+    model, loader = FakeModel(), make_loader()  # 5 steps per epoch
+    stats = _train(model, loader, loss_fn=NanLoss(bad={4, 5}), max_bad_steps=3)
+    assert stats["bad_steps"] == 2 and stats["bad_steps_in_a_row"] == 2
+    with pytest.raises(MetaPoseError, match=r"not finite for 3 consecutive steps \(epoch 2, step 1"):
+        _train(model, loader, loss_fn=NanLoss(bad={1}), epoch=1, max_bad_steps=3,
+               bad_steps_in_a_row=stats["bad_steps_in_a_row"])
+    # A good step in between resets the count.
+    stats = _train(model, loader, loss_fn=NanLoss(bad={1, 5}), epoch=2, max_bad_steps=3,
+                   bad_steps_in_a_row=1)
+    assert stats["bad_steps"] == 2 and stats["bad_steps_in_a_row"] == 1
+
+
 def test_stop_request_finishes_the_step_and_reports_position():
     stop = StopRequest()
 
@@ -200,6 +218,24 @@ def test_stop_request_handles_real_signals():
     finally:
         stop.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_second_ctrl_c_waits_for_a_deferred_block():
+    """While the trained epoch is written (StopRequest.deferred), a second Ctrl-C waits for the
+    write to finish, then stops the run."""
+    stop = StopRequest().install()
+    finished = False
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            with stop.deferred():
+                os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C
+                finished = True  # the block still runs to its end
+        assert finished
+        with stop.deferred():  # nothing pending any more
+            pass
+    finally:
+        stop.restore()
 
 
 def test_resumable_sampler_skips_once():
@@ -253,6 +289,51 @@ def test_evaluate_counts_every_frame_and_flip_test_averages():
     assert again["p1"] == result["p1"]  # evaluation is deterministic
 
 
+class NonFiniteModel(FakeModel):
+    """Predicts NaN joints for the frames whose first 2D keypoint x is above `threshold`."""
+
+    def __init__(self, threshold):
+        super().__init__()
+        self.threshold = threshold
+
+    def forward(self, images, keypoints_2d, *args, **kwargs):
+        pose = super().forward(images, keypoints_2d, *args, **kwargs)
+        bad = keypoints_2d[:, 0, 0] > self.threshold
+        return torch.where(bad[:, None, None], torch.full_like(pose, math.nan), pose)
+
+
+def test_p_mpjpe_of_non_finite_frames_is_nan_and_leaves_the_others():
+    from utils.metrics import p_mpjpe
+
+    generator = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 17, 3, generator=generator), torch.randn(4, 17, 3,
+                                                                            generator=generator)
+    reference = p_mpjpe(pred, target)
+    pred[1, 3, 0], pred[2, 0, 2] = math.nan, math.inf
+    errors = p_mpjpe(pred, target)  # no "SVD did not converge"
+    assert torch.isnan(errors[1]) and torch.isnan(errors[2])
+    assert torch.equal(errors[[0, 3]], reference[[0, 3]])
+
+
+def test_evaluate_says_the_model_produced_non_finite_outputs():
+    loader = make_loader(size=23, batch=5, train=False)
+    torch.manual_seed(0)
+    with pytest.raises(MetaPoseError) as error:
+        engine.evaluate(NonFiniteModel(threshold=0.5), loader, torch.device("cpu"),
+                        flip_test=False)
+    kp_x = loader.dataset.kp2d[:, 0, 0]
+    expected = int((kp_x > 0.5).sum())
+    assert 0 < expected < 23
+    assert f"non-finite 3D joints (NaN or Inf) for {expected} of 23 validation frames" in \
+        str(error.value)
+    assert "weights are finite" in str(error.value)
+    model = FakeModel()
+    with torch.no_grad():
+        model.linear.weight[3, 4] = math.nan
+    with pytest.raises(MetaPoseError, match="for 23 of 23 .* not finite \\(first 'linear.weight'"):
+        engine.evaluate(model, loader, torch.device("cpu"), flip_test=True)
+
+
 def test_evaluate_abandons_on_stop():
     stop = StopRequest()
     stop.signum = 2
@@ -291,6 +372,82 @@ def test_failed_write_keeps_previous_file(tmp_path):
     with pytest.raises(RuntimeError):
         save_checkpoint({"epoch": 2, "bad": Unpicklable()}, path)
     assert load_checkpoint(path)["epoch"] == 1 and os.listdir(tmp_path) == ["last.pt"]
+
+
+class FullDisk:
+    """A file object that raises ENOSPC once `room` bytes have been written (a full disk)."""
+
+    def __init__(self, file, room):
+        self.file, self.room, self.written = file, room, 0
+
+    def write(self, data):
+        if self.written + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.written += len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+@pytest.mark.parametrize("room", [0, 3000])
+def test_full_disk_gives_one_message_and_keeps_the_old_file(tmp_path, monkeypatch, room):
+    import utils.checkpoint as checkpoint_module
+
+    path, text = str(tmp_path / "last.pt"), str(tmp_path / "metrics.jsonl")
+    save_checkpoint({"epoch": 1, "w": torch.ones(10)}, path)
+    atomic_write_text(text, "old\n")
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(checkpoint_module.os, "fdopen",
+                        lambda *a, **k: FullDisk(real_fdopen(*a, **k), room))
+    with pytest.raises(MetaPoseError) as error:
+        save_checkpoint({"epoch": 2, "w": torch.zeros(100000)}, path)
+    message = str(error.value)
+    assert message.startswith("the disk is full: writing '" + path + "' failed (No space left")
+    assert "the previous 'last.pt' is intact" in message and "--resume" in message
+    with pytest.raises(MetaPoseError, match="the disk is full: writing .*metrics.jsonl"):
+        atomic_write_text(text, "x" * 100000)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1 and open(text).read() == "old\n"
+    assert sorted(os.listdir(tmp_path)) == ["last.pt", "metrics.jsonl"]  # no temporary left
+
+
+def test_leftover_temporaries_are_found_and_removed(tmp_path):
+    from utils.checkpoint import remove_temporaries
+
+    atomic_write_text(str(tmp_path / "metrics.jsonl"), "{}\n")
+    for name in (".metrics.jsonl.k3j4.tmp", ".last.pt.abcd.tmp"):
+        (tmp_path / name).write_bytes(b"half")
+    (tmp_path / "notes.tmp").write_text("a user's file")  # not a temporary of ours
+    removed = remove_temporaries(str(tmp_path))
+    assert sorted(os.path.basename(p) for p in removed) == [".last.pt.abcd.tmp",
+                                                            ".metrics.jsonl.k3j4.tmp"]
+    assert sorted(os.listdir(tmp_path)) == ["metrics.jsonl", "notes.tmp"]
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    """mkstemp creates 0600 files; a run's files must be readable like any other file."""
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(str(tmp_path / "config.yaml"), "a: 1\n")
+        save_checkpoint({"epoch": 1}, str(tmp_path / "last.pt"))
+    finally:
+        os.umask(umask)
+    for name in ("config.yaml", "last.pt"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~0o022, name
+
+
+def test_nan_weights_are_refused_with_the_key(tmp_path):
+    state = FakeModel().state_dict()
+    state["linear.bias"][7] = math.inf
+    with pytest.raises(MetaPoseError, match="non-finite weights .* first in 'linear.bias'"):
+        load_model_weights(FakeModel(), state, "diverged.pt")
 
 
 def test_bad_checkpoint_files_give_clear_errors(tmp_path):

@@ -2,6 +2,7 @@
 SIGTERM, multi-process training (torchrun) and evaluation that counts every frame once."""
 
 import glob
+import hashlib
 import json
 import os
 import signal
@@ -119,9 +120,13 @@ def test_training_writes_every_artefact(baseline):
     accumulator = EventAccumulator(events)
     accumulator.Reload()
     scalars = set(accumulator.Tags()["scalars"])
-    for tag in ("train/loss", "train/mpjpe", "train/lr", "train/samples_per_s", "val/p1_mm",
-                "val/p2_mm", "train_step/loss"):
+    for tag in ("train/loss", "train/mpjpe_mm", "train/lr", "train/samples_per_s", "val/p1_mm",
+                "val/p2_mm", "train_step/loss", "train_step/mpjpe_mm"):
         assert tag in scalars, tag
+    # Every MPJPE curve in millimetres: the epoch's training MPJPE as the log prints it.
+    assert "train/mpjpe" not in scalars and "train_step/mpjpe" not in scalars
+    logged_mm = float(log.split("epoch 2/2")[1].split("mpjpe ")[1].split(" mm")[0])
+    assert accumulator.Scalars("train/mpjpe_mm")[-1].value == pytest.approx(logged_mm, abs=0.06)
     assert any(tag.startswith("val_p1_per_action/") for tag in scalars)
     assert "val/sample_0" in accumulator.Tags()["images"]
     logged = [event.value for event in accumulator.Scalars("val/p1_mm")]
@@ -184,19 +189,45 @@ def test_every_rank_reports_an_error_of_rank_0(workspace, baseline):
     assert result.stderr.count("already holds checkpoints") >= 2
 
 
+def _tree(folder):
+    """{path: mtime} of everything in `folder` but its lock file (which names its last holder)."""
+    return {path: os.path.getmtime(path)
+            for path in glob.glob(os.path.join(folder, "**"), recursive=True)
+            if os.path.basename(path) != ".lock"}
+
+
 def test_eval_gives_the_same_result_with_1_2_3_processes(workspace, baseline):
+    """... and writes into a folder of its own (never into the run of the checkpoint), with an
+    eval.json that names the checkpoint and the data."""
+    def file_sha256(path):
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+
     checkpoint = os.path.join(baseline, "checkpoints", "last.pt")
+    untouched = _tree(baseline)
     results = {}
     launchers = ((1, None), (2, "torch.distributed.launch"), (3, "torch.distributed.run"))
     for processes, launcher in launchers:
         name = f"eval{processes}"
-        run_train(workspace.args(name, "--eval", "--checkpoint", checkpoint), processes, launcher)
+        args = workspace.args(name, "--eval", "--checkpoint", checkpoint)
+        if processes == 1:  # the default folder: <logdir>/eval_<run>_<checkpoint>_<date-time>
+            args.remove("--run_name")
+            args.remove(name)
+        run_train(args, processes, launcher)
+        if processes == 1:
+            (folder,) = glob.glob(os.path.join(workspace.logs, "eval_base_last_*"))
+            name = os.path.basename(folder)
         with open(os.path.join(workspace.run_dir(name), "eval.json"), encoding="utf-8") as handle:
             results[processes] = json.load(handle)
+    assert _tree(baseline) == untouched
     final = read_metrics(baseline)[-1]
     for processes, result in results.items():
         assert result["frames"] == VAL_FRAMES, processes
-        assert result["epoch"] == 2 and set(result) == set(final)
+        assert result["epoch"] == 2 and set(result) == set(final) | {"checkpoint", "data"}
+        assert result["checkpoint"] == {"path": checkpoint, "sha256": file_sha256(checkpoint)}
+        validation = os.path.join(workspace.data, "h36m_validation.pkl")
+        assert result["data"] == {"validation": {"path": validation, "frames": VAL_FRAMES,
+                                                 "sha256": file_sha256(validation)}}
         assert result["p1"] == pytest.approx(final["p1"], abs=0.01), processes
         assert result["p2"] == pytest.approx(final["p2"], abs=0.01), processes
         for name, values in final["per_action"].items():
@@ -267,9 +298,13 @@ def test_sigkill_then_resume_with_two_processes_is_exact(workspace, ddp_baseline
     partial = os.path.join(checkpoints, ".last.pt.interrupted.tmp")
     with open(partial, "wb") as handle:
         handle.write(half)
+    partial_metrics = os.path.join(run_dir, ".metrics.jsonl.interrupted.tmp")
+    with open(partial_metrics, "w", encoding="utf-8") as handle:
+        handle.write('{"epoch": 2, "p1"')
 
     result = run_train(workspace.args("killed", "--resume"), processes=2)
     assert "1 epoch(s) done" in result.stdout and not os.path.exists(partial)
+    assert not os.path.exists(partial_metrics)  # one cleanup for every atomic write
     reference_dir, _ = ddp_baseline
     reference, resumed = read_metrics(reference_dir), read_metrics(run_dir)
     assert [m["epoch"] for m in resumed] == [1, 2]
@@ -327,7 +362,15 @@ def test_unwritable_logdir_and_missing_eval_checkpoint(tmp_path, monkeypatch):
                     "--image_encoder", "hrnet_48"])
     assert "best_epoch_hrnet_48.bin" in str(error.value)
     assert "--checkpoint logs/" in str(error.value)
-    assert os.path.isdir(tmp_path / "logs" / "tiny_hrnet_48")  # the default run name
+    assert not os.path.exists(tmp_path / "logs")  # a failed start leaves nothing behind
+
+
+def test_eval_refuses_a_folder_that_holds_results(workspace, baseline):
+    untouched = _tree(baseline)
+    result = run_train(workspace.args("base", "--eval", "--checkpoint",
+                                      os.path.join(baseline, "checkpoints", "best.pt")), expect=2)
+    assert result.stderr.startswith(f"error: run directory '{baseline}' already holds results")
+    assert _tree(baseline) == untouched
 
 
 def test_metrics_file_drops_epochs_after_the_resumed_checkpoint(tmp_path):

@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes, safe loading (weights_only) and clear errors for bad files."""
 
+import errno
 import hashlib
 import os
 import pickle
@@ -17,23 +18,42 @@ from utils.errors import MetaPoseError
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
+# Every atomic write goes through a temporary file named ".<name>.<random>.tmp" beside its
+# target; remove_temporaries() finds those that a killed process left behind.
+_TEMPORARY_SUFFIX = ".tmp"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+# errno values that mean "the disk (or the user's quota) is full".
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def _atomic_write(path, write):
     """Calls write(file_object) on a temporary file beside `path`, fsyncs it and renames it over
-    `path`, so that a crash at any moment leaves either the old or the new complete file."""
+    `path`, so that a crash at any moment leaves either the old or the new complete file.
+
+    Raises:
+        MetaPoseError when the file system refuses the write (full disk or quota, permissions):
+        the temporary file is removed and the previous `path` is left as it was.
+    """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                                         dir=directory)
+    temporary = None
     try:
+        os.makedirs(directory, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
+                                             suffix=_TEMPORARY_SUFFIX, dir=directory)
+        os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide runs from other users
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
+    except BaseException as error:
+        if temporary is not None and os.path.exists(temporary):
             os.remove(temporary)
-        raise
+        cause = _os_error_in(error)
+        if cause is None:
+            raise
+        raise _write_error(path, cause) from None
     try:  # make the rename itself durable
         directory_handle = os.open(directory, os.O_RDONLY)
     except OSError:
@@ -51,6 +71,66 @@ def atomic_write(path, write):
     _atomic_write(path, write)
 
 
+def _os_error_in(error):
+    """The OSError behind `error`: itself, or the one torch.save met in a file write and
+    replaced by a RuntimeError of its own ("unexpected pos ..."); None when there is none."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _write_error(path, error):
+    reason = error.strerror or str(error)
+    kept = (f"the previous '{os.path.basename(path)}' is intact" if os.path.exists(path)
+            else "nothing was overwritten")
+    if error.errno in _DISK_FULL:
+        return MetaPoseError(
+            f"the disk is full: writing '{path}' failed ({reason}); {kept} and the partial file "
+            "was removed. Free some space (or use a --logdir on another disk), then run again; "
+            "a training run continues from its last checkpoint with --resume.")
+    return MetaPoseError(f"cannot write '{path}' ({reason}); {kept}. Check the permissions and "
+                         "the file system of that folder (or use another --logdir).")
+
+
+def remove_temporaries(directory):
+    """Removes the temporary files that atomic writes killed midway left in `directory` (only
+    call it while no other process writes there, e.g. holding the run's lock); returns their
+    paths. The real files beside them are complete: a kill leaves the old or the new one."""
+    removed = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        full = os.path.join(directory, name)
+        if name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX) and os.path.isfile(full):
+            os.remove(full)
+            removed.append(full)
+    return removed
+
+
+def file_sha256(path):
+    """Hex SHA-256 of the file `path` (read in 16 MiB blocks): recorded with files converted or
+    imported from it, with evaluations, and with the label files a training run used."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(16 * 1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def first_non_finite(tensors):
+    """The first name in the mapping `tensors` whose floating-point tensor holds NaN or Inf, or
+    None (one device synchronisation for the whole mapping)."""
+    names = [name for name, value in tensors.items()
+             if isinstance(value, torch.Tensor) and value.is_floating_point() and value.numel()]
+    if not names:
+        return None
+    flags = [~torch.isfinite(tensors[name]).all() for name in names]
+    bad = torch.stack([flag.to(flags[0].device) for flag in flags]).cpu()
+    return names[int(bad.nonzero()[0])] if bool(bad.any()) else None
+
+
 def atomic_write_text(path, text):
     """Writes `text` (UTF-8) to `path` atomically."""
     _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
@@ -64,23 +144,17 @@ def atomic_copy(source, destination):
     _atomic_write(destination, write)
 
 
-def file_sha256(path):
-    """Hex SHA-256 of the file `path` (recorded with files converted or imported from it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(obj, path):
     """torch.save(obj) to `path` atomically (temporary file in the same folder, fsync, rename)."""
     _atomic_write(path, lambda file: torch.save(obj, file))
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", mmap=False):
     """Loads a checkpoint with torch.load(weights_only=True).
 
+    Args:
+        mmap: map the tensors' storage instead of reading it (cheap when only the small fields
+            of a large checkpoint are needed).
     Returns:
         whatever was saved (a dict for training checkpoints and state dicts).
     Raises:
@@ -96,7 +170,7 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         with warnings.catch_warnings():  # foreign pickles: the error below says it better
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
         if blocked:  # weights-only loading met an object to import: a pickled class or function
@@ -181,8 +255,9 @@ def load_model_weights(model, state_dict, path="checkpoint", info=None):
     info: the CheckpointInfo of load_model_state; for a converted published file the messages
     use the file's names and say which encoder flags the file needs.
     Raises:
-        MetaPoseError for keys missing from the file, keys the model does not have, or the first
-        key whose shape differs (with both shapes), e.g. a checkpoint of another image encoder.
+        MetaPoseError for keys missing from the file, keys the model does not have, the first
+        key whose shape differs (with both shapes), e.g. a checkpoint of another image encoder,
+        or weights that are NaN/Inf.
     """
     expected = model.state_dict()
     if info is not None and info.published:
@@ -208,4 +283,9 @@ def load_model_weights(model, state_dict, path="checkpoint", info=None):
         raise MetaPoseError(f"checkpoint '{path}' does not fit this model: {'; '.join(parts)}. "
                             "It was saved from another model or configuration; pass the matching "
                             "--config, --image_encoder and --text_encoder.")
+    bad = first_non_finite(state_dict)
+    if bad is not None:
+        raise MetaPoseError(f"checkpoint '{path}' holds non-finite weights (NaN or Inf), first in "
+                            f"'{bad}': it was saved from a training that diverged. Use an earlier "
+                            "checkpoint, e.g. the run's checkpoints/best.pt.")
     model.load_state_dict(state_dict, strict=True)

@@ -2,6 +2,7 @@
 
 import copy
 import difflib
+import math
 import os
 
 import yaml
@@ -22,6 +23,26 @@ NULLABLE_TYPES = {
     "train.clip_grad": float,
 }
 
+class Range:
+    """The allowed interval of a numeric setting: [low, high], either end open or unbounded."""
+
+    def __init__(self, low=None, high=None, low_open=False, high_open=False):
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def contains(self, value):
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self):
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return (f"in {'(' if self.low_open else '['}{self.low}, {self.high}"
+                f"{')' if self.high_open else ']'}")
+
+
 CHOICES = {
     "data.dataset": ("h36m", "mpi_inf_3dhp"),
     "data.image_mode": ("auto", "cropped", "full"),
@@ -35,6 +56,55 @@ CHOICES = {
     "model.alignment.eval_noise": ("mean", "fixed"),
     "train.flip_mode": ("sample", "batch"),
 }
+
+# Allowed range of every numeric setting, checked on the merged config before anything runs.
+# Convention: one line per numeric key of utils/defaults.yaml, `"key": Range(low, high)` with
+# `low_open=True` / `high_open=True` for a strict bound (None = unbounded); a list value (e.g.
+# data.image_size) is checked element by element and null (for nullable keys) is always allowed.
+# Every number must also be finite. tests/test_config.py fails for a numeric key without a line
+# here, so a new numeric key needs its range added next to its default.
+NUMERIC_RANGES = {
+    "seed": Range(0, None),
+    "data.image_size": Range(8, None),               # pixels; the encoder's stem divides by 4
+    "data.num_workers": Range(0, None),
+    "data.synthetic.train_frames": Range(1, None),
+    "data.synthetic.val_frames": Range(1, None),
+    "data.synthetic.seed": Range(0, None),
+    "model.image_encoder.width": Range(1, None),
+    "model.text_encoder.prompt_tokens": Range(0, 75),  # 77 CLIP tokens hold SOT, prompts, EOT
+    "model.text_encoder.width": Range(1, None),
+    "model.text_encoder.layers": Range(1, None),
+    "model.embed_dim": Range(1, None),
+    "model.depth": Range(1, None),
+    "model.deform_heads": Range(1, None),
+    "model.deform_points": Range(1, None),
+    "model.mlp_ratio": Range(0, None, low_open=True),
+    "model.lift_heads": Range(1, None),
+    "model.drop_rate": Range(0, 1, high_open=True),
+    "model.drop_path": Range(0, 1, high_open=True),
+    "loss.mpjpe": Range(0, None),
+    "loss.kl": Range(0, None),
+    "train.epochs": Range(1, None),
+    "train.batch_size": Range(1, None),
+    "train.lr": Range(0, None, low_open=True),
+    "train.weight_decay": Range(0, None),
+    "train.lr_decay": Range(0, 1, low_open=True),
+    "train.clip_grad": Range(0, None, low_open=True),
+    "train.flip_prob": Range(0, 1),
+    "train.max_bad_steps": Range(1, None),
+    "train.log_every": Range(1, None),
+    "eval.batch_size": Range(1, None),
+    "eval.every": Range(1, None),
+    "eval.num_visualize": Range(0, None),
+    "distributed.init_timeout": Range(0, None, low_open=True),
+}
+
+# Keys whose value must divide another's: (key, divisor key or fixed number, why).
+DIVISIBLE_BY = [
+    ("model.embed_dim", "model.deform_heads", "the deformable attention splits it into heads"),
+    ("model.embed_dim", "model.lift_heads", "the lifting transformer splits it into heads"),
+    ("model.embed_dim", 4, "the transformation alignment splits it into its 4 heads"),
+]
 
 BASE_KEY = "_base_"
 
@@ -78,6 +148,10 @@ def _load_with_bases(path, seen=()):
     base = content.pop(BASE_KEY, None)
     if base is None:
         return [(path, content)]
+    if not isinstance(base, str) or not base.strip():
+        raise MetaPoseError(f"'{BASE_KEY}' in '{path}' is {base!r} ({type(base).__name__}) but "
+                            "must be the path of the YAML file this one extends (relative to "
+                            "it), e.g. '_base_: ../synthetic/demo.yaml'.")
     base_path = base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
     return _load_with_bases(base_path, seen + (path,)) + [(path, content)]
 
@@ -136,7 +210,9 @@ def _unknown_key_error(key, defaults, source):
                          "Every valid key is listed with its meaning in utils/defaults.yaml.")
 
 
-def _merge(target, update, defaults, source, prefix=""):
+def _merge(target, update, defaults, source, sources, prefix=""):
+    """Merges `update` into `target`, checking keys and types; `sources[key]` records where each
+    value set here came from (for the range check's message)."""
     for name, value in update.items():
         key = prefix + str(name)
         if name not in defaults:
@@ -146,9 +222,41 @@ def _merge(target, update, defaults, source, prefix=""):
             if not isinstance(value, dict):
                 raise MetaPoseError(f"'{key}' in {source} must be a mapping of sub-keys "
                                     f"({', '.join(default)}), found {value!r}.")
-            _merge(target[name], value, default, source, key + ".")
+            _merge(target[name], value, default, source, sources, key + ".")
         else:
             target[name] = _check_value(key, value, default, source)
+            sources[key] = source
+
+
+def _lookup(tree, key):
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def _check_ranges(config, sources):
+    """Raises MetaPoseError for the first numeric setting outside its NUMERIC_RANGES entry (or
+    not finite) and the first DIVISIBLE_BY relation that does not hold."""
+    def origin(key):
+        return sources.get(key, "utils/defaults.yaml")
+
+    for key, allowed in NUMERIC_RANGES.items():
+        value = _lookup(config, key)
+        for item in (value if isinstance(value, list) else [value]):
+            if item is None:
+                continue
+            if not math.isfinite(item) or not allowed.contains(item):
+                raise MetaPoseError(f"'{key}' in {origin(key)} is {value!r}, out of range: it "
+                                    f"must be {allowed.describe()}"
+                                    f"{' (each entry)' if isinstance(value, list) else ''}.")
+    for key, divisor_key, why in DIVISIBLE_BY:
+        value = _lookup(config, key)
+        divisor = divisor_key if isinstance(divisor_key, int) else _lookup(config, divisor_key)
+        if value % divisor:
+            named = "" if isinstance(divisor_key, int) else f" ('{divisor_key}' in " \
+                f"{origin(divisor_key)})"
+            raise MetaPoseError(f"'{key}' in {origin(key)} is {value}, which is not divisible by "
+                                f"{divisor}{named}: {why}. Choose a multiple of {divisor}.")
 
 
 def _parse_override(text):
@@ -187,14 +295,17 @@ def load_config(path, overrides=()):
         EasyDict with attribute access, e.g. `config.model.image_encoder.type`.
     Raises:
         MetaPoseError naming the file and key for a missing file, bad YAML, an unknown key
-        (with the closest valid key) or a value of the wrong type.
+        (with the closest valid key), a value of the wrong type or outside its range
+        (NUMERIC_RANGES, DIVISIBLE_BY).
     """
-    merged = copy.deepcopy(_DEFAULTS_CACHE)
+    merged, sources = copy.deepcopy(_DEFAULTS_CACHE), {}
     if path is not None:
         for file_path, content in _load_with_bases(path):
-            _merge(merged, content, _DEFAULTS_CACHE, f"'{file_path}'")
+            _merge(merged, content, _DEFAULTS_CACHE, f"'{file_path}'", sources)
     for text in overrides:
-        _merge(merged, _parse_override(text), _DEFAULTS_CACHE, f"command-line override '{text}'")
+        _merge(merged, _parse_override(text), _DEFAULTS_CACHE, f"command-line override '{text}'",
+               sources)
+    _check_ranges(merged, sources)
     config = EasyDict(merged)
     config["config_path"] = os.path.abspath(path) if path is not None else None
     return config

@@ -10,6 +10,8 @@ group is initialised, so models and the engine never call torch.distributed dire
 import datetime
 import os
 import random
+import socket
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,20 +55,25 @@ def _env_int(name, default=None):
                             "with one of them or unset it.") from None
 
 
-def init_distributed(local_rank_arg=None, device_type=None):
+def init_distributed(local_rank_arg=None, device_type=None, init_timeout=300.0):
     """Initialises the process group when launched by torchrun / torch.distributed.launch.
 
     Args:
         local_rank_arg: the `--local-rank` value the legacy launcher passes (None if absent).
         device_type: "cuda" or "cpu"; None picks CUDA when available.
+        init_timeout: seconds to wait for all WORLD_SIZE processes at start-up
+            (`distributed.init_timeout`); collectives later wait PROCESS_GROUP_TIMEOUT.
     Returns:
         DistributedContext. Backend NCCL on CUDA, gloo on CPU; one process when WORLD_SIZE is
         unset or 1. On CUDA each process uses the GPU `cuda:LOCAL_RANK`.
+    Raises:
+        MetaPoseError for launcher variables that do not fit together (a stale RANK without
+        WORLD_SIZE, RANK outside 0..WORLD_SIZE-1) or when the other processes do not arrive
+        within `init_timeout`.
     """
     if device_type is None:
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
+    rank, world_size = _launcher_rank_and_world_size()
     local_rank = _env_int("LOCAL_RANK", local_rank_arg if local_rank_arg is not None else 0)
     if device_type == "cuda":
         if local_rank >= torch.cuda.device_count():
@@ -84,12 +91,74 @@ def init_distributed(local_rank_arg=None, device_type=None):
                 raise MetaPoseError(
                     f"WORLD_SIZE={world_size} is set but {name} is not: launch multi-process runs "
                     "with `torchrun --nproc_per_node=N train.py ...`.")
+        store = _rendezvous(rank, world_size, init_timeout)
         backend = "nccl" if device_type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device_type == "cuda" else {}
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank,
-                                world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT, **kwargs)
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size,
+                                timeout=PROCESS_GROUP_TIMEOUT, **kwargs)
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank,
                               device=device)
+
+
+_UNSET_HINT = ("unset RANK, LOCAL_RANK and WORLD_SIZE (left over from another launch?) to run "
+               "one process, or launch with `torchrun --nproc_per_node=N train.py ...`")
+
+
+def _launcher_rank_and_world_size():
+    """(RANK, WORLD_SIZE) from the launcher's variables, checked against each other."""
+    world_size, rank = _env_int("WORLD_SIZE"), _env_int("RANK")
+    if world_size is None:
+        if rank not in (None, 0):
+            raise MetaPoseError(f"environment variable RANK={rank} is set but WORLD_SIZE is not, "
+                                f"so this process cannot tell how many processes there are: "
+                                f"{_UNSET_HINT}.")
+        return 0, 1
+    if world_size < 1:
+        raise MetaPoseError(f"environment variable WORLD_SIZE={world_size} must be at least 1: "
+                            f"{_UNSET_HINT}.")
+    rank = 0 if rank is None else rank
+    if not 0 <= rank < world_size:
+        raise MetaPoseError(f"environment variable RANK={rank} is outside 0..{world_size - 1} "
+                            f"(WORLD_SIZE={world_size}): {_UNSET_HINT}.")
+    return rank, world_size
+
+
+def _rendezvous(rank, world_size, timeout_s):
+    """The store through which the WORLD_SIZE processes find each other (env://: MASTER_ADDR,
+    MASTER_PORT), waiting at most `timeout_s` seconds for all of them."""
+    address, port = os.environ["MASTER_ADDR"], _env_int("MASTER_PORT")
+    waited = f"waited {timeout_s:g} s (distributed.init_timeout)"
+    what = (f"this process is rank {rank} of WORLD_SIZE={world_size} (MASTER_ADDR={address}, "
+            f"MASTER_PORT={port})")
+    fix = ("Start every process of the run (torchrun --nproc_per_node / --nnodes), with the same "
+           f"MASTER_ADDR and MASTER_PORT everywhere, or {_UNSET_HINT}; raise "
+           "distributed.init_timeout if the processes start far apart.")
+    if rank != 0 and not _wait_for_port(address, port, timeout_s):
+        raise MetaPoseError(f"{what} and {waited} for rank 0 to listen at {address}:{port}, in "
+                            f"vain. {fix}")
+    try:
+        store, _, _ = next(dist.rendezvous("env://", rank, world_size,
+                                           timeout=datetime.timedelta(seconds=timeout_s)))
+    except (dist.DistError, RuntimeError, ValueError, OSError) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise MetaPoseError(f"{what} and {waited} for the other processes to join, in vain "
+                            f"({first[:160]}). {fix}") from None
+    store.set_timeout(PROCESS_GROUP_TIMEOUT)
+    return store
+
+
+def _wait_for_port(address, port, timeout_s):
+    """Whether a TCP connection to address:port succeeds within `timeout_s` seconds (polled
+    quietly: the store client would print a C++ warning for every failed attempt)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((address, port), timeout=2.0):
+                return True
+        except OSError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
 
 def cleanup():

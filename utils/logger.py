@@ -3,6 +3,7 @@
 import logging
 import os
 import sys
+import threading
 import warnings
 
 LOGGER_NAME = "metapose"
@@ -75,12 +76,41 @@ def _make_handlers(rank, log_file):
     handlers = [console]
     if rank == 0 and log_file is not None:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-        file_handler = logging.FileHandler(log_file, mode="a", encoding="utf-8")
+        file_handler = _LogFileHandler(log_file, mode="a", encoding="utf-8")
         file_handler.setLevel(logging.INFO)
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
                                                     datefmt="%Y-%m-%d %H:%M:%S"))
         handlers.append(file_handler)
     return handlers
+
+
+class _LogFileHandler(logging.FileHandler):
+    """The run's log.txt. A failed write (e.g. a full disk) is reported once on stderr instead of
+    a traceback per line (logging's default); the console still gets every line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.failed = False
+
+    def emit(self, record):
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record):
+        self._report(sys.exc_info()[1])
+
+    def close(self):
+        try:
+            super().close()  # cleans up even when the final flush fails
+        except OSError as error:
+            self._report(error)
+
+    def _report(self, error):
+        if not self.failed:
+            self.failed = True
+            reason = getattr(error, "strerror", None) or error
+            print(f"warning: cannot write the log file '{self.baseFilename}' ({reason}); log "
+                  "lines go to the console only from now on.", file=sys.stderr, flush=True)
 
 
 def get_logger(name=LOGGER_NAME):
@@ -118,9 +148,55 @@ class NullWriter:
         return False
 
 
+class _FailSafeWriter:
+    """Rank 0's SummaryWriter, except that a write error (e.g. a full disk) is logged once and
+    ends TensorBoard logging instead of the run (checkpoint writes report such errors with
+    their own message)."""
+
+    def __init__(self, writer, log_dir):
+        self._writer, self._log_dir, self._failed = writer, log_dir, False
+
+    def __getattr__(self, name):
+        attribute = getattr(self._writer, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            if self._failed:
+                return None
+            try:
+                return attribute(*args, **kwargs)
+            except OSError as error:
+                self._failed = True
+                get_logger().warning("cannot write TensorBoard events to '%s' (%s): TensorBoard "
+                                     "logging stops here and the run goes on (free space now, "
+                                     "or the next checkpoint cannot be written either)",
+                                     self._log_dir, error.strerror or error)
+                return None
+        return call
+
+    def __bool__(self):
+        return True
+
+
+def _quiet_tensorboard_thread_errors(arguments):
+    """threading.excepthook: TensorBoard's writer thread re-raises its write errors in the main
+    thread (where _FailSafeWriter reports them), so its own traceback is not printed."""
+    if isinstance(arguments.exc_value, OSError) and \
+            type(arguments.thread).__module__.startswith("tensorboard."):
+        return
+    _previous_excepthook(arguments)
+
+
+_previous_excepthook = threading.excepthook
+
+
 def build_tb_writer(log_dir, rank=0):
-    """A TensorBoard SummaryWriter into `log_dir` on rank 0, a NullWriter (falsy) elsewhere."""
+    """A TensorBoard SummaryWriter into `log_dir` on rank 0 (write errors are logged once and
+    stop TensorBoard logging, not the run), a NullWriter (falsy) elsewhere."""
     if rank != 0:
         return NullWriter()
     from torch.utils.tensorboard import SummaryWriter
-    return SummaryWriter(log_dir=log_dir)
+    if threading.excepthook is not _quiet_tensorboard_thread_errors:
+        threading.excepthook = _quiet_tensorboard_thread_errors
+    return _FailSafeWriter(SummaryWriter(log_dir=log_dir), log_dir)

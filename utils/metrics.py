@@ -32,10 +32,18 @@ def procrustes_align(pred, target):
         pred: (B, 17, 3) predicted joints.
         target: (B, 17, 3) ground-truth joints in the same units.
     Returns:
-        (B, 17, 3) aligned prediction, float64.
+        (B, 17, 3) aligned prediction, float64; all NaN for a frame whose prediction or target
+        holds NaN/Inf (the SVD is not run on such frames: it would fail to converge).
     """
     pred = pred.double()
     target = target.double()
+    finite = (torch.isfinite(pred).flatten(1).all(dim=1)
+              & torch.isfinite(target).flatten(1).all(dim=1))                 # (B,)
+    if not bool(finite.all()):
+        aligned = torch.full_like(pred, math.nan)
+        if bool(finite.any()):
+            aligned[finite] = procrustes_align(pred[finite], target[finite])
+        return aligned
     pred_mean = pred.mean(dim=-2, keepdim=True)
     target_mean = target.mean(dim=-2, keepdim=True)
     pred_centred = pred - pred_mean                                   # (B, 17, 3)

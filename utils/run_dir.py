@@ -1,16 +1,19 @@
-"""The run directory: its paths, creation, the resolved config and git commit, metrics.jsonl."""
+"""The run directory: its paths, creation under a lock, the resolved config and git commit,
+metrics.jsonl."""
 
 import functools
-import glob
 import json
 import os
+import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 from utils import distributed as dist_utils
-from utils.checkpoint import atomic_write_text
+from utils.checkpoint import atomic_write_text, remove_temporaries
 from utils.config import config_to_yaml
 from utils.errors import MetaPoseError
+from utils.run_lock import RunLock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,37 +63,139 @@ class RunPaths:
         return os.path.join(self.root, name)
 
 
-def prepare_run_dir(args, config):
-    """Creates `<logdir>/<run_name>` (rank 0); refuses to start a fresh run over old checkpoints."""
+class RunDirectory:
+    """The run directory this process works in: its paths, the writer's lock (rank 0) and
+    whether this start created the folder.
+
+    A start that fails before `started()` (a bad value, missing data, a refused checkpoint, an
+    interrupt) calls `abandon()`, which removes the folder again when this start created it, so
+    failed starts leave no empty runs behind. `started()` writes config.yaml and git_commit.txt.
+    """
+
+    def __init__(self, paths, lock=None, created=()):
+        self.paths, self.lock, self.created = paths, lock, list(created)
+        self.is_started = False
+
+    def started(self, config, notes=()):
+        """Records the resolved config (headed by the git commit and `notes`, e.g. settings a
+        resume changed) and the commit (rank 0); from now on the directory is kept."""
+        if self.is_started:
+            return
+        if self.lock is not None:
+            commit = git_commit()
+            header = "".join(f"# {line}\n" for line in [f"git commit: {commit}", *notes])
+            atomic_write_text(self.paths.file("config.yaml"), header + config_to_yaml(config))
+            atomic_write_text(self.paths.file("git_commit.txt"), commit + "\n")
+        self.is_started = True
+
+    def abandon(self):
+        """After a failed start: removes what this start created, then releases the lock."""
+        if not self.is_started and self.lock is not None:
+            root = os.path.abspath(self.paths.root)
+            for folder in reversed(self.created):  # the run folder first, then empty parents
+                if folder == root:
+                    shutil.rmtree(folder, ignore_errors=True)
+                else:
+                    try:
+                        os.rmdir(folder)
+                    except OSError:
+                        break
+        self.close()
+
+    def close(self):
+        if self.lock is not None:
+            self.lock.release()
+
+
+def run_name(args, config, eval_checkpoint=None):
+    """The run directory's name: --run_name, else `<config stem>_<image encoder>` for training
+    and `eval_<checkpoint>_<date-time>` for --eval (an evaluation gets a folder of its own and
+    never writes into the run that trained the checkpoint)."""
+    if args.run_name:
+        return args.run_name
+    if args.eval:
+        folder, stem = os.path.split(os.path.splitext(os.path.abspath(eval_checkpoint))[0])
+        if os.path.basename(folder) == "checkpoints":  # <run>/checkpoints/best.pt: name the run
+            stem = f"{os.path.basename(os.path.dirname(folder))}_{stem}"
+        return f"eval_{stem}_{time.strftime('%Y%m%d-%H%M%S')}"
     stem = os.path.splitext(os.path.basename(args.config))[0]
-    name = args.run_name or f"{stem}_{config.model.image_encoder.type}"
-    paths = RunPaths(os.path.join(args.logdir, name))
+    return f"{stem}_{config.model.image_encoder.type}"
 
-    def create():
+
+def open_run_dir(args, config, eval_checkpoint=None):
+    """The RunDirectory of this run on every process. Rank 0 creates `<logdir>/<name>`, takes its
+    lock before anything is written, removes temporaries of killed writes and refuses to start a
+    fresh training over old checkpoints or an evaluation in a folder that holds results."""
+    opened = dist_utils.main_first(
+        lambda: _open_on_main(args, config, eval_checkpoint) if dist_utils.is_main() else None)
+    root = dist_utils.broadcast_object(opened.paths.root if opened else None)
+    return opened or RunDirectory(RunPaths(root))
+
+
+def _open_on_main(args, config, eval_checkpoint):
+    default_eval_name = args.eval and not args.run_name
+    root = os.path.join(args.logdir, run_name(args, config, eval_checkpoint))
+    try:
+        created, candidate, number = _make_folders(root, exclusive=default_eval_name), root, 1
+        while created is None:  # two evaluations of one checkpoint started in the same second
+            number += 1
+            candidate = f"{root}-{number}"
+            created = _make_folders(candidate, exclusive=True)
+        root = candidate
+        lock = RunLock.acquire(root)
+    except OSError as error:
+        raise MetaPoseError(f"cannot write the run directory '{root}' under --logdir "
+                            f"'{args.logdir}' ({error.strerror or error}). Pass a writable "
+                            "--logdir.") from None
+    run = RunDirectory(RunPaths(root), lock, created)
+    try:
+        for folder in (run.paths.root, run.paths.checkpoints):
+            remove_temporaries(folder)  # left by killed writes; the real files are complete
+        _check_reuse(run.paths, args)
+    except BaseException:
+        run.abandon()
+        raise
+    return run
+
+
+def _make_folders(root, exclusive=False):
+    """Creates `root` and its missing parents; returns the folders created (outermost first),
+    or None when `exclusive` and `root` exists already."""
+    missing, folder = [], os.path.abspath(root)
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    if exclusive and not missing:
+        return None
+    created = []
+    for folder in reversed(missing):
         try:
-            os.makedirs(paths.checkpoints if not args.eval else paths.root, exist_ok=True)
-            probe = paths.file(f".write_test_{os.getpid()}")
-            with open(probe, "w", encoding="utf-8") as handle:
-                handle.write("ok")
-            os.remove(probe)
-        except OSError as error:
-            raise MetaPoseError(f"cannot write the run directory '{paths.root}' under --logdir "
-                                f"'{args.logdir}' ({error.strerror or error}). Pass a writable "
-                                "--logdir.") from None
-        if args.resume is not None:
-            for stale in glob.glob(os.path.join(paths.checkpoints, ".*.tmp")):
-                os.remove(stale)  # left by a save that was killed midway; the real files are intact
-        if not args.eval and args.resume is None:
-            existing = [p for p in (paths.last, paths.best) if os.path.exists(p)]
-            if existing:
-                raise MetaPoseError(
-                    f"run directory '{paths.root}' already holds checkpoints "
-                    f"({', '.join(existing)}) from an earlier run. Pass --resume to continue "
-                    "that run, or --run_name NAME to start a new one; nothing was overwritten.")
+            os.mkdir(folder)
+        except FileExistsError:  # made by another process meanwhile: not ours to remove
+            if exclusive and folder == missing[0]:
+                return None
+            continue
+        created.append(folder)
+    return created
 
-    if dist_utils.is_main():
-        create()
-    return paths
+
+def _check_reuse(paths, args):
+    if args.eval:
+        held = [p for p in (paths.checkpoints, paths.metrics, paths.file("eval.json"))
+                if os.path.exists(p)]
+        if held:
+            raise MetaPoseError(
+                f"run directory '{paths.root}' already holds results ({', '.join(held)}); an "
+                "evaluation writes into a folder of its own. Pass another --run_name, or none "
+                "(then it writes to <logdir>/eval_<checkpoint>_<date-time>); nothing was "
+                "overwritten.")
+    elif args.resume is None:
+        existing = [p for p in (paths.last, paths.best) if os.path.exists(p)]
+        if existing:
+            raise MetaPoseError(
+                f"run directory '{paths.root}' already holds checkpoints "
+                f"({', '.join(existing)}) from an earlier run. Pass --resume to continue "
+                "that run, or --run_name NAME to start a new one; nothing was overwritten.")
 
 
 def record_metrics(paths, record, keep_until_epoch=None):
@@ -117,14 +222,3 @@ def metrics_record(summary, epoch, metric_set):
     p1, p2, frames, per_action; MPI-INF-3DHP: pck, auc, mpjpe, frames, per_scene,
     per_sequence)."""
     return {"epoch": epoch, **metric_set.record(summary)}
-
-
-def record_run(paths, config, args):
-    """The resolved config (headed by the git commit) and the commit itself, in the run directory
-    (an evaluation leaves the config of an earlier training run in place)."""
-    if args.eval and os.path.exists(paths.file("config.yaml")):
-        return
-    commit = git_commit()
-    atomic_write_text(paths.file("config.yaml"),
-                      f"# git commit: {commit}\n" + config_to_yaml(config))
-    atomic_write_text(paths.file("git_commit.txt"), commit + "\n")

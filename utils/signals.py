@@ -1,5 +1,6 @@
 """Cooperative stops: SIGTERM/SIGINT become a flag that the training loop checks between steps."""
 
+import contextlib
 import signal
 
 from utils.logger import get_logger
@@ -9,7 +10,8 @@ class StopRequest:
     """Turns SIGTERM/SIGINT into a flag that the training loop checks between steps.
 
     The first signal only sets the flag (the loop finishes its step, saves and exits); a second
-    SIGINT raises KeyboardInterrupt at once. `exit_code` is 128 + the signal number
+    SIGINT raises KeyboardInterrupt at once, except inside `deferred()` (a checkpoint being
+    written), where it waits for the end of the block. `exit_code` is 128 + the signal number
     (130 for SIGINT, 143 for SIGTERM).
     """
 
@@ -18,6 +20,7 @@ class StopRequest:
     def __init__(self):
         self.signum = None
         self._previous = {}
+        self._deferring = self._deferred = False
 
     @property
     def requested(self):
@@ -29,11 +32,27 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.signum is not None and signum == signal.SIGINT == self.signum:
+            if self._deferring:
+                self._deferred = True
+                return
             raise KeyboardInterrupt
         if self.signum is None:
             self.signum = signum
             get_logger().warning("received %s: finishing the current step, then saving "
                                  "checkpoints/last.pt and stopping", signal.Signals(signum).name)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """A second Ctrl-C inside the block takes effect (KeyboardInterrupt) when it ends, so
+        that what the block writes (the trained epoch) reaches the disk."""
+        self._deferring = True
+        try:
+            yield
+        finally:
+            self._deferring = False
+        if self._deferred:
+            self._deferred = False
+            raise KeyboardInterrupt
 
     def install(self):
         for signum in self.SIGNALS:
@@ -47,3 +66,23 @@ class StopRequest:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Inside the block SIGTERM raises SystemExit(143) instead of ending the process at once, so
+    that the cleanup of a start that does not complete (e.g. a launcher stopping the other ranks
+    after one failed) runs. A StopRequest installed inside takes over until it is restored."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

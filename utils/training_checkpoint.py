@@ -1,15 +1,24 @@
-"""Training checkpoints: what they hold, saving them on rank 0, resuming from them exactly."""
+"""Training checkpoints: what they hold, saving them on rank 0, resuming from them exactly.
+
+The writes of one save happen in this order, each atomic: best.pt (on a new best), the
+evaluation's line in metrics.jsonl, last.pt. A kill between any two leaves best.pt holding the
+best evaluation that metrics.jsonl or last.pt record (or a better one whose record was still in
+flight), and last.pt either before the evaluation (`eval_pending`: --resume runs it again and
+drops its line from metrics.jsonl) or after it.
+"""
 
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 from utils import distributed as dist_utils
-from utils.checkpoint import (atomic_copy, load_checkpoint, load_model_state, load_model_weights,
-                              save_checkpoint)
+from utils.checkpoint import (atomic_copy, first_non_finite, load_checkpoint, load_model_state,
+                              load_model_weights, save_checkpoint)
 from utils.errors import MetaPoseError
-from utils.run_dir import git_commit
+from utils.run_dir import git_commit, record_metrics
 
 CHECKPOINT_FORMAT = "metapose-training-checkpoint-v1"
 
@@ -19,13 +28,126 @@ class TrainState:
     epoch: int = 0                # completed epochs
     batches_done: int = 0         # batches of epoch `epoch` trained before an interruption
     best_score: float = None      # best score of the metric set so far (H36M P1, 3DHP MPJPE)
-    eval_pending: bool = False    # epoch `epoch` finished but its evaluation was interrupted
+    eval_pending: bool = False    # epoch `epoch` finished but its evaluation has not been recorded
     rng_states: list = None
+    best_epoch: int = None        # the epoch whose evaluation gave best_score (best.pt holds it)
+    bad_steps_in_a_row: int = 0   # non-finite steps in a row so far (train.max_bad_steps)
+    data: dict = field(default_factory=dict)  # {split: {"path", "sha256", "frames"}} trained on
 
 
-def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, config, new_best):
-    """Writes checkpoints/last.pt (and best.pt on a new best) on rank 0; every rank's RNG state is
-    gathered into it."""
+def _is_int(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Every field of a training checkpoint: (test, what it must be). OPTIONAL_FIELDS were added after
+# the first checkpoints were written; older files get the value given here.
+FIELDS = {
+    "model": (lambda v: isinstance(v, dict), "a state dict"),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list),
+                  "an optimizer state dict with 'state' and 'param_groups'"),
+    "scheduler": (lambda v: isinstance(v, dict) and _is_int(v.get("last_epoch"), -1)
+                  and _is_number(v.get("gamma")) and isinstance(v.get("base_lrs"), list)
+                  and all(_is_number(x) for x in v["base_lrs"]),
+                  "an ExponentialLR state dict (numeric 'gamma', 'base_lrs', 'last_epoch')"),
+    "scaler": (lambda v: v is None or isinstance(v, dict), "a GradScaler state dict or None"),
+    "epoch": (_is_int, "an integer >= 0"),
+    "batches_done": (_is_int, "an integer >= 0"),
+    "eval_pending": (lambda v: isinstance(v, bool), "true or false"),
+    "best_score": (lambda v: v is None or (_is_number(v) and math.isfinite(v)),
+                   "a finite number, the metric set's best score (None before any evaluation)"),
+    "config": (lambda v: isinstance(v, dict), "the config mapping"),
+    "world_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "batch_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
+    "rng_states": (lambda v: isinstance(v, list) and v and all(isinstance(s, dict) for s in v),
+                   "a list of RNG states, one per process"),
+}
+# Fields that older checkpoints hold under another name: {name: (old name, test, what)}.
+RENAMED_FIELDS = {
+    "best_score": ("best_p1", lambda v: _is_number(v) and v > 0,
+                   "a positive number (inf before any evaluation)"),
+}
+OPTIONAL_FIELDS = {
+    "best_epoch": (None, lambda v: v is None or _is_int(v, 1), "an epoch number or None"),
+    "bad_steps_in_a_row": (0, _is_int, "an integer >= 0"),
+    "data": ({}, lambda v: isinstance(v, dict), "a mapping of label files"),
+}
+
+
+def _shown(value):
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    text = repr(value)
+    return f"{text[:60] + '...' if len(text) > 60 else text} ({type(value).__name__})"
+
+
+def _damaged(path, problem):
+    return MetaPoseError(f"'{path}' is a damaged training checkpoint: {problem}. Resume from "
+                         "another checkpoint of the run (checkpoints/last.pt or best.pt), or "
+                         "start a new run from its weights with --checkpoint FILE.")
+
+
+def check_training_checkpoint(checkpoint, path):
+    """Raises MetaPoseError unless `checkpoint` (loaded from `path`) can be resumed: every field
+    present with a value of the right kind, every RNG state restorable."""
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise MetaPoseError(f"'{path}' is not a MetaPose training checkpoint (no optimizer "
+                            "state), so it cannot be resumed. Use --checkpoint to start from its "
+                            "weights.")
+    for name, (test, what) in FIELDS.items():
+        if name in RENAMED_FIELDS and name not in checkpoint \
+                and RENAMED_FIELDS[name][0] in checkpoint:
+            name, test, what = RENAMED_FIELDS[name]
+        if name not in checkpoint:
+            raise _damaged(path, f"its field '{name}' ({what}) is missing")
+        if not test(checkpoint[name]):
+            raise _damaged(path, f"its field '{name}' is {_shown(checkpoint[name])} but must be "
+                                 f"{what}")
+    for name, (_, test, what) in OPTIONAL_FIELDS.items():
+        if name in checkpoint and not test(checkpoint[name]):
+            raise _damaged(path, f"its field '{name}' is {_shown(checkpoint[name])} but must be "
+                                 f"{what}")
+    current = dist_utils.get_rng_state()
+    try:
+        for index, entry in enumerate(checkpoint["rng_states"]):
+            try:
+                dist_utils.set_rng_state(entry)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError,
+                    AttributeError) as error:
+                raise _damaged(path, f"its RNG state 'rng_states[{index}]' cannot be restored "
+                                     f"({type(error).__name__}: {error})") from None
+    finally:
+        dist_utils.set_rng_state(current)
+
+
+def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, config,
+                             new_best=False, evaluation=None):
+    """Saves the run on rank 0 (every rank's RNG state is gathered into it), in the order of the
+    module docstring: best.pt on `new_best`, then `evaluation` (a metrics.jsonl record) if given,
+    then last.pt.
+
+    Raises:
+        MetaPoseError on every process, before anything is written, when the weights or the
+        optimizer state are not finite (a diverged run never overwrites good files).
+    """
+    bad = first_non_finite(model.state_dict())
+    where = f"after {state.epoch} epoch(s)" + (f" and {state.batches_done} batches"
+                                               if state.batches_done else "")
+    if bad is None:
+        moments = {f"{index}.{name}": value for index, values in optimizer.state_dict()["state"]
+                   .items() for name, value in values.items()}
+        bad = first_non_finite(moments)
+        bad = None if bad is None else f"optimizer state {bad}"
+    if bad is not None:
+        raise MetaPoseError(
+            f"training diverged: the weights are no longer finite {where} (NaN or Inf in "
+            f"'{bad}'). Nothing was saved, so checkpoints/last.pt and best.pt keep the last "
+            "good state. Lower train.lr, set train.clip_grad (e.g. 1.0) or use speed.amp=bf16/"
+            "none instead of fp16, and start again or --resume.")
     rng_states = dist_utils.gather_rng_states()
     if not dist_utils.is_main():
         return
@@ -35,13 +157,19 @@ def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, 
         "scaler": scaler.state_dict() if scaler else None,
         "epoch": state.epoch, "batches_done": state.batches_done,
         "eval_pending": state.eval_pending, "best_score": state.best_score,
-        "config": json.loads(json.dumps(config)),
+        "best_epoch": state.best_epoch, "bad_steps_in_a_row": state.bad_steps_in_a_row,
+        "data": state.data, "config": json.loads(json.dumps(config)),
         "world_size": dist_utils.world_size(), "batch_size": config.train.batch_size,
         "rng_states": rng_states, "git_commit": git_commit(),
     }
-    save_checkpoint(checkpoint, paths.last)
     if new_best:
-        atomic_copy(paths.last, paths.best)
+        save_checkpoint(checkpoint, paths.best)
+    if evaluation is not None:
+        record_metrics(paths, evaluation)
+    if new_best:
+        atomic_copy(paths.best, paths.last)
+    else:
+        save_checkpoint(checkpoint, paths.last)
 
 
 def load_weights(model, checkpoint, path, config, logger, converted=None):
@@ -91,32 +219,42 @@ def find_resume_checkpoint(paths, logger):
                         f"{' '.join(problems)}")
 
 
-def check_training_checkpoint(checkpoint, path):
-    """Raises MetaPoseError unless `checkpoint` (loaded from `path`) can be resumed."""
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise MetaPoseError(f"'{path}' is not a MetaPose training checkpoint (no optimizer "
-                            "state), so it cannot be resumed. Use --checkpoint to start from its "
-                            "weights.")
-
-
 def resume_training(path, model, optimizer, scheduler, scaler, config, logger, checkpoint=None):
     """Loads a training checkpoint (`checkpoint`, or the file `path`) into the model, optimizer,
-    scheduler and scaler; returns the TrainState to continue from."""
+    scheduler and scaler, then applies the config's train.lr / lr_decay / weight_decay where they
+    differ from the checkpoint's (logged).
+
+    Returns:
+        (TrainState to continue from, list of "key (old -> new)" optimizer settings changed).
+    Raises:
+        MetaPoseError for a checkpoint that is damaged or does not fit the model/optimizer.
+    """
     if checkpoint is None:
         checkpoint = load_checkpoint(path)
     check_training_checkpoint(checkpoint, path)
     load_weights(model, checkpoint, path, config, logger)
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    if scaler is not None and checkpoint.get("scaler"):
-        scaler.load_state_dict(checkpoint["scaler"])
+    _load_optimizer(optimizer, checkpoint["optimizer"], model, path)
+    try:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise _damaged(path, f"its scheduler or scaler state cannot be loaded ({error})") from None
+    optional = {name: checkpoint.get(name, default)
+                for name, (default, _, _) in OPTIONAL_FIELDS.items()}
     best = checkpoint.get("best_score", checkpoint.get("best_p1"))  # best_p1: older checkpoints
     state = TrainState(epoch=checkpoint["epoch"], batches_done=checkpoint["batches_done"],
-                       best_score=best, eval_pending=checkpoint["eval_pending"],
-                       rng_states=checkpoint["rng_states"])
+                       best_score=None if best is None or math.isinf(best) else float(best),
+                       eval_pending=checkpoint["eval_pending"],
+                       rng_states=checkpoint["rng_states"], **optional)
     changed = _changed_keys(checkpoint["config"], json.loads(json.dumps(config)))
     if changed:
         logger.info("config differs from the checkpoint's in: %s", ", ".join(changed))
+    applied = apply_optimizer_settings(optimizer, scheduler, config.train, state.epoch)
+    if applied:
+        logger.warning("--resume applies the changed optimizer settings %s: epoch %d runs with "
+                       "lr %.4g (train.lr x train.lr_decay^%d)", ", ".join(applied),
+                       state.epoch + 1, optimizer.param_groups[0]["lr"], state.epoch)
     same_layout = (checkpoint["world_size"] == dist_utils.world_size()
                    and checkpoint["batch_size"] == config.train.batch_size)
     if state.batches_done and not same_layout:
@@ -128,7 +266,156 @@ def resume_training(path, model, optimizer, scheduler, scaler, config, logger, c
     logger.info("resumed from '%s': %d epoch(s) done%s, lr %.3g, best score %s", path,
                 state.epoch, f" + {state.batches_done} batches" if state.batches_done else "",
                 optimizer.param_groups[0]["lr"], score_text(state.best_score))
-    return state
+    return state, applied
+
+
+def _load_optimizer(optimizer, saved, model, path):
+    """optimizer.load_state_dict(saved) after checking that the saved state fits the optimizer's
+    parameter groups (count of groups and parameters, the shape of every moment tensor)."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = saved["param_groups"]
+    if len(groups) != len(optimizer.param_groups):
+        raise _damaged(path, f"its optimizer state has {len(groups)} parameter group(s), this "
+                             f"model's optimizer {len(optimizer.param_groups)}")
+    for index, (group, ours) in enumerate(zip(groups, optimizer.param_groups)):
+        ids = group.get("params") if isinstance(group, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(ours["params"]):
+            count = len(ids) if isinstance(ids, list) else _shown(ids)
+            raise _damaged(path, f"its optimizer state holds {count} trainable parameters in "
+                                 f"group {index}, this model has {len(ours['params'])}: it was "
+                                 "saved from another model or set of trainable parameters")
+        for key in ("lr", "weight_decay"):
+            if not _is_number(group.get(key)) or not math.isfinite(group[key]):
+                raise _damaged(path, f"its optimizer group {index} has {key} "
+                                     f"{_shown(group.get(key))}")
+        for number, parameter in zip(ids, ours["params"]):
+            moments = saved["state"].get(number, {})
+            if not isinstance(moments, dict):
+                raise _damaged(path, f"its optimizer state of parameter {number} is "
+                                     f"{_shown(moments)}")
+            for key, value in moments.items():
+                if key == "step":
+                    continue
+                name = names.get(id(parameter), str(number))
+                if not isinstance(value, torch.Tensor) or value.shape != parameter.shape:
+                    raise _damaged(path, f"its optimizer state '{key}' of parameter '{name}' is "
+                                         f"{_shown(value)}, the parameter has shape "
+                                         f"{tuple(parameter.shape)}")
+    try:
+        optimizer.load_state_dict(saved)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+        raise _damaged(path, f"its optimizer state cannot be loaded ({error})") from None
+
+
+def apply_optimizer_settings(optimizer, scheduler, train, epoch):
+    """Makes the optimizer and the scheduler follow `train` (config.train) where a resumed
+    checkpoint ran with another lr, lr_decay or weight_decay: from epoch `epoch` (0-based) on the
+    learning rate is train.lr * train.lr_decay ** epoch, as if the run had had these settings
+    from its start. Untouched when nothing changed (the exact resume stays bit-exact).
+
+    Returns:
+        ["train.lr (old -> new)", ...] for the settings that changed.
+    """
+    applied = []
+    base, gamma = scheduler.base_lrs[0], scheduler.gamma
+    if train.lr != base or train.lr_decay != gamma:
+        if train.lr != base:
+            applied.append(f"train.lr ({base!r} -> {train.lr!r})")
+        if train.lr_decay != gamma:
+            applied.append(f"train.lr_decay ({gamma!r} -> {train.lr_decay!r})")
+        lr = train.lr * train.lr_decay ** epoch
+        for group in optimizer.param_groups:
+            group["initial_lr"], group["lr"] = train.lr, lr
+        scheduler.base_lrs = [train.lr] * len(optimizer.param_groups)
+        scheduler.gamma = train.lr_decay
+        scheduler._last_lr = [lr] * len(optimizer.param_groups)
+    decay = optimizer.param_groups[0]["weight_decay"]
+    if train.weight_decay != decay:
+        applied.append(f"train.weight_decay ({decay!r} -> {train.weight_decay!r})")
+        for group in optimizer.param_groups:
+            group["weight_decay"] = train.weight_decay
+    return applied
+
+
+def check_resumed_data(saved, current, path, allow_change, logger):
+    """Compares the label files a checkpoint was trained on (`saved`, its "data" field) with those
+    of this start (`current`, {split: {"path", "sha256", "frames"}}).
+
+    Returns:
+        whether the validation set changed (then, with `allow_change`, the best score restarts:
+        scores on two validation sets do not compare).
+    Raises:
+        MetaPoseError when a file's contents differ, unless `allow_change` (--allow_data_change).
+    """
+    if not saved:
+        logger.warning("'%s' records no fingerprint of its data (saved by an older version): "
+                       "the label files cannot be compared", path)
+    changed = [split for split, now in current.items()
+               if split in saved and saved[split].get("sha256") != now["sha256"]]
+    for split in changed:
+        then, now = saved[split], current[split]
+        logger.warning("the %s label file differs from the one '%s' was trained on: '%s' (%s "
+                       "frames, sha256 %s...) then, '%s' (%d frames, sha256 %s...) now", split,
+                       path, then.get("path"), then.get("frames"), str(then.get("sha256"))[:12],
+                       now["path"], now["frames"], now["sha256"][:12])
+    if changed and not allow_change:
+        split = changed[0]
+        then, now = saved[split], current[split]
+        raise MetaPoseError(
+            f"the {split} label file '{now['path']}' is not the one '{path}' was trained on (its "
+            f"sha256 was {str(then.get('sha256'))[:12]}... with {then.get('frames')} frames, now "
+            f"{now['sha256'][:12]}... with {now['frames']}), so the run would mix results on "
+            "different data. Restore the original files, start a new run (--run_name NAME), or "
+            "pass --allow_data_change to continue anyway (a changed validation set restarts the "
+            "best score).")
+    return "validation" in changed
+
+
+def repair_best_checkpoint(paths, state, resumed_path, logger, metric_set):
+    """On --resume (rank 0): makes checkpoints/best.pt hold the best evaluation recorded when a
+    kill under an older version left it behind (last.pt written first, the copy to best.pt
+    lost). Possible when the resumed checkpoint is itself that evaluation. metric_set: the
+    validation set's MetricSet (its score_key names the score in metrics.jsonl)."""
+    if state.best_epoch is None:
+        state.best_epoch = _best_epoch_from_metrics(paths, state.best_score, metric_set.score_key)
+    if state.best_epoch is None:
+        return
+    held = None
+    if os.path.exists(paths.best):
+        try:
+            best = load_checkpoint(paths.best, mmap=True)
+            held = best.get("epoch") if isinstance(best, dict) else None
+        except MetaPoseError as error:
+            logger.warning("checkpoints/best.pt cannot be read: %s", error)
+    if held == state.best_epoch:
+        return
+    at_best = (state.epoch == state.best_epoch and not state.batches_done
+               and not state.eval_pending)
+    score = f"{metric_set.score_label} {score_text(state.best_score)}"
+    if at_best and os.path.abspath(resumed_path) != os.path.abspath(paths.best):
+        atomic_copy(resumed_path, paths.best)
+        logger.warning("checkpoints/best.pt held epoch %s, not the best evaluation (epoch %d, "
+                       "%s): restored it from '%s'", held, state.best_epoch, score, resumed_path)
+    else:
+        logger.warning("checkpoints/best.pt holds epoch %s, but the best evaluation recorded is "
+                       "epoch %d (%s), whose weights no checkpoint holds any more",
+                       held, state.best_epoch, score)
+
+
+def _best_epoch_from_metrics(paths, best_score, score_key):
+    """The epoch of the metrics.jsonl line whose `score_key` is `best_score` (checkpoints of
+    older versions do not record it), or None."""
+    if best_score is None or not math.isfinite(best_score) or not os.path.exists(paths.metrics):
+        return None
+    with open(paths.metrics, "r", encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get(score_key) == best_score:
+                return entry.get("epoch")
+    return None
 
 
 def score_text(score):

@@ -1,0 +1,492 @@
+"""Faults injected into real runs of train.py: kills between the writes of a save, a second
+Ctrl-C during the evaluation, a full disk, a second writer, a SIGKILLed launcher, bad launcher
+variables, changed settings or data on --resume, divergence.
+
+Most runs execute `train.main` in a forked child (the imported modules are shared, so a run
+costs its training, not an interpreter start); faults are installed in the child only.
+"""
+
+import glob
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from utils.cli import run_cli
+from utils.errors import MetaPoseError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(REPO, "experiments", "tests", "tiny.yaml")
+VAL_FRAMES = 37
+
+
+class Space:
+    def __init__(self, root):
+        self.root = root
+        self.data = os.path.join(root, "data")
+        self.logs = os.path.join(root, "logs")
+
+    def args(self, run_name, *extra, data=None):
+        # batch 8: eight steps per epoch; no figures (they cost time and are tested elsewhere).
+        return ["--config", TINY, "--logdir", self.logs, "--run_name", run_name,
+                f"data.root={data or self.data}", "train.batch_size=8", "eval.num_visualize=0",
+                *extra]
+
+    def run_dir(self, name):
+        return os.path.join(self.logs, name)
+
+    def copy_run(self, source, name):
+        shutil.copytree(self.run_dir(source), self.run_dir(name))
+        return self.run_dir(name)
+
+
+def run_child(args, fault=None, output=None):
+    """Exit status of `python train.py ARGS` run as a forked child of this process, after
+    `fault()` (if given) was called in the child; its stdout and stderr go to `output`."""
+    def child():
+        if output:
+            handle = open(output, "w", buffering=1, encoding="utf-8")
+            os.dup2(handle.fileno(), 1)
+            os.dup2(handle.fileno(), 2)
+            sys.stdout = sys.stderr = handle
+        if fault:
+            fault()
+        run_cli(train.main, args)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(300)
+    if process.is_alive():
+        process.kill()
+        process.join()
+        raise AssertionError(f"train.py {' '.join(args)} did not finish")
+    return process.exitcode
+
+
+def read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in read(os.path.join(run_dir, "metrics.jsonl")).splitlines()]
+
+
+def load(run_dir, name):
+    return torch.load(os.path.join(run_dir, "checkpoints", name), map_location="cpu",
+                      weights_only=True)
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def temporaries(run_dir):
+    return glob.glob(os.path.join(run_dir, "**", ".*.tmp"), recursive=True)
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory):
+    """The tiny synthetic set and two reference runs: `one` after epoch 1, `two` resumed from a
+    copy of it through epoch 2 (a resume is exact, so `two` is the uninterrupted run)."""
+    from datasets.synthetic import generate_synthetic
+
+    from models import build_model
+    from utils.config import load_config
+
+    space = Space(str(tmp_path_factory.mktemp("faults")))
+    generate_synthetic(space.data, 64, VAL_FRAMES, seed=0, verbose=False)
+    with pytest.warns(UserWarning):  # "randomly initialised"
+        build_model(load_config(TINY))  # loads the tokenizer once for all the forked runs
+    assert run_child(space.args("one", "train.epochs=1")) == 0
+    space.copy_run("one", "two")
+    assert run_child(space.args("two", "--resume", "train.epochs=2")) == 0
+    reference = metrics(space.run_dir("two"))
+    assert [m["epoch"] for m in reference] == [1, 2]
+    assert reference[1]["p1"] < reference[0]["p1"]  # epoch 2 is a new best: best.pt is written
+    return space
+
+
+# ---------------------------------------------------------------------------------------------
+# Kills between the writes of a save, and a second Ctrl-C during the evaluation
+
+
+def kill_before_write(name, occurrence):
+    """A fault: the process dies (SIGKILL-like, os._exit) just before its `occurrence`-th
+    atomic replace of a file called `name`, leaving that write's temporary file behind."""
+    def install():
+        real_replace, seen = os.replace, []
+
+        def replace(source, destination, *args, **kwargs):
+            if os.path.basename(destination) == name:
+                seen.append(destination)
+                if len(seen) == occurrence:
+                    os._exit(137)
+            return real_replace(source, destination, *args, **kwargs)
+        os.replace = replace
+    return install
+
+
+def second_ctrl_c_during_evaluation():
+    import engine
+
+    def evaluate(*args, **kwargs):
+        raise KeyboardInterrupt  # what a second Ctrl-C raises while the evaluation runs
+    engine.evaluate = evaluate
+
+
+# (fault, exit status): the writes of epoch 2 are last.pt (trained, evaluation pending), then
+# after the evaluation best.pt (new best), metrics.jsonl (its line; the first write of
+# metrics.jsonl is the resume's cleanup), last.pt (evaluation done).
+KILLS = {
+    "before the epoch's last.pt": (kill_before_write("last.pt", 1), 137),
+    "second Ctrl-C during the evaluation": (second_ctrl_c_during_evaluation, 130),
+    "before best.pt": (kill_before_write("best.pt", 1), 137),
+    "before the metrics line": (kill_before_write("metrics.jsonl", 2), 137),
+    "before the final last.pt": (kill_before_write("last.pt", 2), 137),
+}
+
+
+@pytest.mark.parametrize("point", list(KILLS))
+def test_best_checkpoint_and_records_survive_a_kill_at_every_write(space, point):
+    """After a kill at any point of epoch 2's saves, best.pt holds the weights of the best
+    evaluation that metrics.jsonl or last.pt record; a bare --resume then ends exactly like the
+    uninterrupted run (one metrics line per epoch, best.pt of the best epoch, no temporaries)."""
+    fault, status = KILLS[point]
+    name = "kill_" + point.replace(" ", "_").replace("'", "")
+    run_dir = space.copy_run("one", name)
+    output = os.path.join(space.root, name + ".txt")
+    assert run_child(space.args(name, "--resume", "train.epochs=2"), fault, output) == status, \
+        read(output)[-3000:]
+
+    one, two = space.run_dir("one"), space.run_dir("two")
+    best, last = load(run_dir, "best.pt"), load(run_dir, "last.pt")
+    reference = {1: load(one, "last.pt"), 2: load(two, "best.pt")}
+    assert same_weights(best["model"], reference[best["epoch"]]["model"])
+    assert best["best_score"] == reference[best["epoch"]]["best_score"]
+    assert all(m["p1"] >= best["best_score"] for m in metrics(run_dir))
+    assert last["best_score"] >= best["best_score"]
+    if point != "before the epoch's last.pt":  # the trained epoch is on disk before evaluating
+        assert last["epoch"] == 2 and same_weights(last["model"], reference[2]["model"])
+
+    assert run_child(space.args(name, "--resume", "train.epochs=2"), output=output) == 0, \
+        read(output)[-3000:]
+    assert [(m["epoch"], m["p1"]) for m in metrics(run_dir)] == \
+        [(m["epoch"], m["p1"]) for m in metrics(two)]
+    best, last = load(run_dir, "best.pt"), load(run_dir, "last.pt")
+    assert best["epoch"] == 2 and same_weights(best["model"], reference[2]["model"])
+    assert last["epoch"] == 2 and not last["eval_pending"] and last["best_epoch"] == 2
+    assert temporaries(run_dir) == []
+
+
+def test_resume_repairs_best_left_behind_by_the_old_write_order(space):
+    """Older versions wrote last.pt (recording the new best) before copying it to best.pt; a
+    kill in between left best.pt at epoch 1. --resume restores it from last.pt."""
+    run_dir = space.copy_run("two", "old_order")
+    shutil.copyfile(os.path.join(space.run_dir("one"), "checkpoints", "best.pt"),
+                    os.path.join(run_dir, "checkpoints", "best.pt"))
+    output = os.path.join(space.root, "old_order.txt")
+    assert run_child(space.args("old_order", "--resume", "train.epochs=2"), output=output) == 0
+    assert "restored it from" in read(output)
+    best = load(run_dir, "best.pt")
+    assert best["epoch"] == 2
+    assert same_weights(best["model"], load(space.run_dir("two"), "best.pt")["model"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Full disk
+
+
+def disk_full_on_last_checkpoint():
+    """A fault: the temporary file of checkpoints/last.pt writes to /dev/full, so the kernel
+    answers ENOSPC exactly as on a full disk."""
+    real_fdopen = os.fdopen
+
+    def fdopen(handle, *args, **kwargs):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{handle}")).startswith(".last.pt."):
+            full = os.open("/dev/full", os.O_WRONLY)
+            os.dup2(full, handle)
+            os.close(full)
+        return real_fdopen(handle, *args, **kwargs)
+    os.fdopen = fdopen
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_disk_stops_with_one_message_and_keeps_the_checkpoint(space):
+    run_dir = space.copy_run("one", "full")
+    output = os.path.join(space.root, "full.txt")
+    status = run_child(space.args("full", "--resume", "train.epochs=2"),
+                       disk_full_on_last_checkpoint, output)
+    text = read(output)
+    assert status == 2, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert errors == [line for line in errors if "the disk is full: writing '" in line]
+    assert len(errors) == 1 and "No space left on device" in errors[0]
+    assert "the previous 'last.pt' is intact" in errors[0] and "Traceback" not in text
+    assert load(run_dir, "last.pt")["epoch"] == 1 and temporaries(run_dir) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and data changed on --resume
+
+
+def test_resume_applies_changed_optimizer_settings_and_records_them(space):
+    run_dir = space.copy_run("one", "new_lr")
+    output = os.path.join(space.root, "new_lr.txt")
+    assert run_child(space.args("new_lr", "--resume", "train.epochs=2", "train.lr=0.001",
+                                "train.lr_decay=0.9", "train.weight_decay=0.05"),
+                     output=output) == 0, read(output)[-3000:]
+    group = load(run_dir, "last.pt")["optimizer"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(0.001 * 0.9 ** 2)  # as if the run had had them throughout
+    assert group["weight_decay"] == 0.05
+    log = read(output)
+    assert "--resume applies the changed optimizer settings train.lr (0.002 -> 0.001)" in log
+    assert "epoch 2 runs with lr 0.0009 " in log
+    header = read(os.path.join(run_dir, "config.yaml")).split("\nseed:")[0]
+    assert "train.lr (0.002 -> 0.001), train.lr_decay (0.99 -> 0.9), train.weight_decay " \
+           "(0.1 -> 0.05) from epoch 2 on" in header
+    config = train.load_config(os.path.join(run_dir, "config.yaml"))
+    assert (config.train.lr, config.train.lr_decay, config.train.weight_decay) == \
+        (0.001, 0.9, 0.05)
+
+
+def test_resume_refuses_other_label_files_unless_allowed(space):
+    from datasets.synthetic import generate_synthetic
+
+    other = os.path.join(space.root, "other_data")
+    generate_synthetic(other, 64, VAL_FRAMES - 2, seed=3, verbose=False)
+    run_dir = space.copy_run("one", "new_data")
+    before = read(os.path.join(run_dir, "config.yaml"))
+    output = os.path.join(space.root, "new_data.txt")
+    args = space.args("new_data", "--resume", "train.epochs=2", data=other)
+    assert run_child(args, output=output) == 2
+    error = read(output).strip().splitlines()[-1]
+    assert error.startswith("error: the train label file '" + other)
+    assert "--allow_data_change" in error and "35 frames" not in error  # train file: 64 frames
+    assert read(os.path.join(run_dir, "config.yaml")) == before  # nothing recorded
+    assert run_child(args + ["--allow_data_change"], output=output) == 0, read(output)[-3000:]
+    assert "the best P1 restarts" in read(output)
+    last = load(run_dir, "last.pt")
+    assert last["data"]["validation"]["frames"] == VAL_FRAMES - 2
+    assert last["best_epoch"] == 2 and metrics(run_dir)[-1]["frames"] == VAL_FRAMES - 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence
+
+
+def test_diverged_run_stops_with_one_message(space):
+    """lr 1e30: the first step blows the weights up, every later loss is NaN. 7 bad steps in
+    epoch 1 and 5 more in epoch 2 reach train.max_bad_steps=12: the count goes on across the
+    epoch boundary. (A run that evaluates such weights says that the model produced NaN: see
+    tests/test_engine.py.)"""
+    output = os.path.join(space.root, "diverged.txt")
+    args = space.args("diverged", "train.lr=1e30", "train.max_bad_steps=12", "train.epochs=3",
+                      "eval.every=3")
+    assert run_child(args, output=output) == 2
+    lines = read(output).strip().splitlines()
+    assert lines[-1].startswith("error: the loss was not finite for 12 consecutive steps (epoch "
+                                "2, step 5; train.max_bad_steps=12)"), lines[-1]
+    assert "Traceback" not in read(output)
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    from utils.config import load_config
+    from utils.run_dir import RunPaths
+    from utils.training_checkpoint import TrainState, save_training_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.9)
+    paths, config = RunPaths(str(tmp_path)), load_config(TINY)
+    save_training_checkpoint(paths, model, optimizer, scheduler, None, TrainState(epoch=1),
+                             config, new_best=True)
+    with torch.no_grad():
+        model.weight[1, 2] = float("nan")
+    with pytest.raises(MetaPoseError, match=r"training diverged: the weights are no longer finite "
+                                            r"after 2 epoch\(s\) \(NaN or Inf in 'weight'\)"):
+        save_training_checkpoint(paths, model, optimizer, scheduler, None, TrainState(epoch=2),
+                                 config, new_best=True)
+    for name in ("last.pt", "best.pt"):
+        assert torch.load(os.path.join(paths.checkpoints, name), weights_only=True)["epoch"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# One writer per run directory
+
+
+def test_second_writer_is_refused_naming_the_holder(space):
+    from utils.run_lock import RunLock
+
+    run_dir = space.copy_run("one", "busy")
+    lock = RunLock.acquire(run_dir)  # this test process stands for a run still writing there
+    try:
+        files = {path: os.path.getmtime(path)
+                 for path in glob.glob(os.path.join(run_dir, "**"), recursive=True)}
+        output = os.path.join(space.root, "busy.txt")
+        assert run_child(space.args("busy", "--resume", "train.epochs=2"), output=output) == 2
+        error = read(output).strip().splitlines()[-1]
+        assert error.startswith(f"error: run directory '{run_dir}' is in use by another process "
+                                f"(pid {os.getpid()} on host {socket.gethostname()}")
+        assert "--run_name" in error
+        assert files == {path: os.path.getmtime(path)
+                         for path in glob.glob(os.path.join(run_dir, "**"), recursive=True)}
+    finally:
+        lock.release()
+
+
+def test_lock_is_freed_when_its_holder_is_killed(tmp_path):
+    """kill -9 of the holder frees the lock, although a child it forked (as DataLoader workers
+    are) still runs."""
+    from utils.run_lock import RunLock
+
+    context = multiprocessing.get_context("fork")
+    ready, worker_pid = context.Event(), context.Value("i", 0)
+
+    def hold():
+        RunLock.acquire(str(tmp_path))
+        worker = context.Process(target=time.sleep, args=(60,))
+        worker.start()
+        worker_pid.value = worker.pid
+        ready.set()
+        time.sleep(60)
+
+    holder = context.Process(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(MetaPoseError, match=f"in use by another process \\(pid {holder.pid} "):
+            RunLock.acquire(str(tmp_path))
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+        RunLock.acquire(str(tmp_path)).release()  # free, with the holder's child still alive
+        os.kill(worker_pid.value, 0)
+    finally:
+        for pid in (holder.pid, worker_pid.value):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, OSError):
+                pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The launcher and its environment
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
+    return env
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_missing_peer_times_out_with_a_message(space, rank):
+    """WORLD_SIZE=2 but only this process: it waits distributed.init_timeout seconds (3 here,
+    300 by default), not 30 minutes, and says what is wrong."""
+    env = _env(WORLD_SIZE="2", RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"),
+                             *space.args("alone" + rank), "distributed.init_timeout=3"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert f"this process is rank {rank} of WORLD_SIZE=2" in result.stderr
+    assert "waited 3 s (distributed.init_timeout)" in result.stderr
+    assert not os.path.exists(space.run_dir("alone" + rank))
+
+
+def test_stale_rank_variables_give_a_message(monkeypatch):
+    from utils import distributed as dist_utils
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(MetaPoseError, match="RANK=1 is set but WORLD_SIZE is not"):
+        dist_utils.init_distributed(device_type="cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(MetaPoseError, match=r"RANK=1 is outside 0..0 \(WORLD_SIZE=1\)"):
+        dist_utils.init_distributed(device_type="cpu")
+    monkeypatch.setenv("WORLD_SIZE", "0")
+    with pytest.raises(MetaPoseError, match="WORLD_SIZE=0 must be at least 1"):
+        dist_utils.init_distributed(device_type="cpu")
+
+
+def test_ranks_stop_when_their_launcher_is_killed(space):
+    """SIGKILL to torchrun's agent: its two ranks notice, save last.pt and exit on their own."""
+    import psutil
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={_free_port()}", os.path.join(REPO, "train.py"),
+               *space.args("orphans", "train.epochs=100", "train.log_every=1")]
+    agent = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    output, ranks = [], []
+    try:
+        for line in agent.stdout:
+            output.append(line)
+            if "epoch 1 step 2/4" in line:
+                break
+        ranks = psutil.Process(agent.pid).children()
+        assert len(ranks) == 2, "".join(output)
+        agent.kill()
+        agent.wait(timeout=30)
+        gone, alive = psutil.wait_procs(ranks, timeout=60)
+        output.append(agent.stdout.read())
+        assert not alive, "".join(output)[-3000:]
+    finally:
+        for rank in ranks:
+            if rank.is_running():
+                rank.kill()
+        agent.stdout.close()
+    text = "".join(output)
+    assert "the launcher of this process" in text and "is gone" in text, text[-3000:]
+    last = load(space.run_dir("orphans"), "last.pt")
+    assert last["epoch"] >= 0 and last["world_size"] == 2
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_disk_under_the_log_and_tensorboard_is_one_warning_each(tmp_path, capfd):
+    """log.txt and TensorBoard events on a full disk: one warning line each, no traceback, and
+    the run goes on (the checkpoint write stops it with its own message if space stays short)."""
+    from utils.logger import build_tb_writer, close_logger, setup_logger
+
+    logger = setup_logger(0, str(tmp_path / "log.txt"))
+    file_handler = [h for h in logger.handlers if hasattr(h, "baseFilename")][0]
+    file_handler.stream.close()
+    file_handler.stream = open("/dev/full", "w", encoding="utf-8")  # every write: ENOSPC
+    writer = build_tb_writer(str(tmp_path / "tb"))
+    (events,) = glob.glob(str(tmp_path / "tb" / "events.*"))
+    os.remove(events)
+    os.symlink("/dev/full", events)  # TensorBoard appends to this name: ENOSPC
+    try:
+        for step in range(3):
+            logger.info("step %d", step)
+            for _ in range(200):
+                writer.add_scalar("train/loss", 1.0, step)
+            writer.flush()
+        writer.close()
+    finally:
+        close_logger(logger)
+    captured = capfd.readouterr()
+    text = captured.out + captured.err
+    assert "Traceback" not in text and "Logging error" not in text, text
+    assert text.count("warning: cannot write the log file") == 1, text
+    assert text.count("cannot write TensorBoard events to") == 1, text
+    assert "step 2" in captured.out  # the console still has every line
