@@ -245,15 +245,17 @@ def evaluate(model, loader, device, *, metrics=None, flip_test=True, amp="none",
     summary = accumulator.summary()
     if float(flat[-2]) > 0:
         raise _non_finite_predictions(model, int(flat[-2]), summary["frames"],
-                                      amp if device.type == "cuda" else "none")
+                                      amp if device.type == "cuda" else "none",
+                                      accumulator.score_label)
     summary["samples_per_s"] = summary["frames"] / max(time.perf_counter() - start, 1e-9)
     if writer and visual:
         _draw_figures(writer, visual, global_step)
     return summary
 
 
-def _non_finite_predictions(model, count, frames, amp):
-    """The MetaPoseError for an evaluation in which the model predicted NaN/Inf joints."""
+def _non_finite_predictions(model, count, frames, amp, score_label):
+    """The MetaPoseError for an evaluation in which the model predicted NaN/Inf joints;
+    score_label names the metric set's score (H36M "P1", MPI-INF-3DHP "MPJPE")."""
     bad = first_non_finite(model.state_dict())
     if bad is not None:
         why = (f"its weights are not finite (first '{bad}'): training diverged. Lower train.lr "
@@ -264,7 +266,8 @@ def _non_finite_predictions(model, count, frames, amp):
                 ": the weights are too large (training diverged); lower train.lr or set "
                 "train.clip_grad (e.g. 1.0)"))
     return MetaPoseError(f"the model produced non-finite 3D joints (NaN or Inf) for {count} of "
-                         f"{frames} validation frames, so P1/P2 cannot be computed; {why}.")
+                         f"{frames} validation frames, so {score_label} and the other metrics "
+                         f"cannot be computed; {why}.")
 
 
 def _draw_figures(writer, samples, global_step):

@@ -334,6 +334,23 @@ def test_evaluate_says_the_model_produced_non_finite_outputs():
         engine.evaluate(model, loader, torch.device("cpu"), flip_test=True)
 
 
+def test_non_finite_outputs_message_does_not_name_another_datasets_metrics():
+    """On MPI-INF-3DHP (PCK / AUC / MPJPE) the message must not speak of H36M's P1/P2."""
+    from utils.metrics_3dhp import PoseAccuracyAccumulator
+
+    class OneSequence(PoseAccuracyAccumulator):  # the fake samples carry no sequence id
+        def update_batch(self, pred, target, batch):
+            self.update(pred, target, torch.zeros(pred.shape[0], dtype=torch.long))
+
+    loader = make_loader(size=10, batch=5, train=False)
+    with pytest.raises(MetaPoseError) as error:
+        engine.evaluate(NonFiniteModel(threshold=-2.0), loader, torch.device("cpu"),
+                        metrics=OneSequence(["TS1"]), flip_test=False)
+    message = str(error.value)
+    assert "for 10 of 10 validation frames" in message and "P1" not in message
+    assert "MPJPE" in message
+
+
 def test_evaluate_abandons_on_stop():
     stop = StopRequest()
     stop.signum = 2
