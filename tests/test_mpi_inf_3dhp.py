@@ -18,6 +18,7 @@ from datasets.mpi_inf_3dhp_labels import (JOINT_NAMES, MPI_TO_H36M, PLACEHOLDER_
                                           write_label_file)
 from datasets.synthetic_3dhp import generate_synthetic_3dhp
 from tests.test_train_cli import REPO, read_metrics, run_train
+from utils.checkpoint import file_sha256
 from utils.config import load_config
 from utils.errors import MetaPoseError
 from utils.flip import flip_joints_3d, flip_keypoints_2d
@@ -325,7 +326,11 @@ def test_eval_with_1_2_3_processes_counts_every_valid_frame_once(trained_3dhp):
     final = read_metrics(run_dir)[-1]
     for processes, result in results.items():
         assert result["frames"] == VALID_FRAMES and result["epoch"] == 2
-        assert set(result) == set(final)
+        # eval.json is the metrics record plus the fingerprints of what was evaluated
+        assert set(result) == set(final) | {"checkpoint", "data"}
+        assert result["checkpoint"]["sha256"] == file_sha256(checkpoint)
+        assert result["data"]["validation"]["path"].endswith("data_test_3dhp.npz")
+        assert result["data"]["validation"]["frames"] == VALID_FRAMES
         assert (result["pck"], result["auc"]) == (results[1]["pck"], results[1]["auc"])
         assert result["mpjpe"] == pytest.approx(results[1]["mpjpe"], rel=1e-9, abs=1e-9)
         assert result["mpjpe"] == pytest.approx(final["mpjpe"], abs=0.01), processes
