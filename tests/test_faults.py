@@ -189,18 +189,60 @@ def test_best_checkpoint_and_records_survive_a_kill_at_every_write(space, point)
     assert temporaries(run_dir) == []
 
 
-def test_resume_repairs_best_left_behind_by_the_old_write_order(space):
+def as_older_version(path):
+    """Rewrites the training checkpoint `path` as versions before metric sets and issue 12 wrote
+    it: the best score under 'best_p1', no 'best_epoch' (nor the other later fields)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint["best_p1"] = checkpoint.pop("best_score")
+    for name in ("best_epoch", "bad_steps_in_a_row", "data"):
+        del checkpoint[name]
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize("written_by", ["this version", "an older version"])
+def test_resume_repairs_best_left_behind_by_the_old_write_order(space, written_by):
     """Older versions wrote last.pt (recording the new best) before copying it to best.pt; a
-    kill in between left best.pt at epoch 1. --resume restores it from last.pt."""
-    run_dir = space.copy_run("two", "old_order")
+    kill in between left best.pt at epoch 1. --resume restores it from last.pt. A last.pt of an
+    older version records no best epoch: it is found in metrics.jsonl by the metric set's score
+    (P1 here) equal to the checkpoint's best_p1."""
+    name = "old_order" if written_by == "this version" else "old_order_old_file"
+    run_dir = space.copy_run("two", name)
     shutil.copyfile(os.path.join(space.run_dir("one"), "checkpoints", "best.pt"),
                     os.path.join(run_dir, "checkpoints", "best.pt"))
-    output = os.path.join(space.root, "old_order.txt")
-    assert run_child(space.args("old_order", "--resume", "train.epochs=2"), output=output) == 0
+    if written_by == "an older version":
+        as_older_version(os.path.join(run_dir, "checkpoints", "last.pt"))
+    output = os.path.join(space.root, name + ".txt")
+    assert run_child(space.args(name, "--resume", "train.epochs=2"), output=output) == 0, \
+        read(output)[-3000:]
     assert "restored it from" in read(output)
+    best_score = load(space.run_dir("two"), "best.pt")["best_score"]
+    assert f"(epoch 2, P1 {best_score:.2f})" in read(output)
     best = load(run_dir, "best.pt")
     assert best["epoch"] == 2
     assert same_weights(best["model"], load(space.run_dir("two"), "best.pt")["model"])
+
+
+@pytest.mark.parametrize("field, value, accepted", [
+    ("best_score", None, True), ("best_score", 41.3, True), ("best_score", float("nan"), False),
+    ("best_score", float("inf"), False), ("best_score", "41.3", False),
+    ("best_p1", float("inf"), True), ("best_p1", 41.3, True), ("best_p1", float("nan"), False),
+])
+def test_best_score_field_is_checked_under_its_current_and_its_older_name(space, field, value,
+                                                                         accepted):
+    """best_score: a finite number, or None before any evaluation; files of older versions hold
+    best_p1 instead (inf before any evaluation). A bad value is named with its field."""
+    from utils.training_checkpoint import check_training_checkpoint
+
+    checkpoint = load(space.run_dir("one"), "last.pt")
+    del checkpoint["best_score"]
+    checkpoint[field] = value
+    if accepted:
+        check_training_checkpoint(checkpoint, "x.pt")
+        return
+    with pytest.raises(MetaPoseError) as error:
+        check_training_checkpoint(checkpoint, "x.pt")
+    assert str(error.value).startswith(f"'x.pt' is a damaged training checkpoint: its field "
+                                       f"'{field}' is ")
 
 
 # ---------------------------------------------------------------------------------------------
