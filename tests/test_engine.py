@@ -15,13 +15,14 @@ import torch.nn as nn
 
 import engine
 from datasets.loaders import build_eval_loader, build_train_loader
+from datasets.synthetic import write_pickle
 from datasets.transforms import prepare_batch
 from models.flip_test import predict
 from models.loss import PoseLoss
 from utils.signals import StopRequest
 from utils import distributed as dist_utils
-from utils.checkpoint import (atomic_copy, atomic_write_text, extract_state_dict, load_checkpoint,
-                              load_model_weights, save_checkpoint)
+from utils.checkpoint import (atomic_copy, atomic_write, atomic_write_text, extract_state_dict,
+                              load_checkpoint, load_model_weights, save_checkpoint)
 from utils.errors import MetaPoseError
 from utils.flip import flip_images, flip_joints_3d, flip_keypoints_2d, flip_keypoints_crop
 from utils.geometry import normalize_images
@@ -430,6 +431,12 @@ def test_full_disk_gives_one_message_and_keeps_the_old_file(tmp_path, monkeypatc
     assert "the previous 'last.pt' is intact" in message and "--resume" in message
     with pytest.raises(MetaPoseError, match="the disk is full: writing .*metrics.jsonl"):
         atomic_write_text(text, "x" * 100000)
+    labels = str(tmp_path / "h36m_train.pkl")
+    with pytest.raises(MetaPoseError, match="the disk is full: writing .*h36m_train.pkl"):
+        write_pickle([{"joints_3d": np.zeros((17, 3))}] * 2000, labels)  # label files too
+    with pytest.raises(MetaPoseError, match="the disk is full: writing .*data_test_3dhp.npz"):
+        atomic_write(str(tmp_path / "data_test_3dhp.npz"),  # the helper of 3DHP label files
+                     lambda handle: np.savez_compressed(handle, data=np.random.rand(100000)))
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1 and open(text).read() == "old\n"
     assert sorted(os.listdir(tmp_path)) == ["last.pt", "metrics.jsonl"]  # no temporary left
