@@ -38,8 +38,6 @@ byte-identical files.
 
 import math
 import os
-import pickle
-import tempfile
 import time
 
 import cv2
@@ -48,6 +46,7 @@ import numpy as np
 from datasets.camera import (
     apply_affine, box_from_root, crop_affine, pixels_to_screen, project, world_to_camera,
 )
+from datasets.label_writer import write_label_pickle
 from utils.errors import MetaPoseError
 from utils.skeleton import (
     ACTION_IDS, CROP_HEIGHT, CROP_WIDTH, LEFT_JOINTS, NUM_JOINTS, PARENTS, RIGHT_JOINTS,
@@ -669,18 +668,9 @@ def _render(entry, points_px, camera, background, full_frames):
 
 
 def write_pickle(entries, path):
-    """Pickles `entries` to `path` atomically (temporary file in the same folder, then rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".tmp_", suffix=".pkl", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            pickle.dump(entries, stream, protocol=4)
-        os.chmod(temporary, 0o644)  # mkstemp creates 0600; labels are meant to be shared
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    """Pickles `entries` (a list of label dicts) to `path` atomically, with the user's umask
+    (datasets/label_writer.py: the same writer as tools/prepare_h36m.py)."""
+    write_label_pickle(entries, path)
 
 
 def _check_count(name, value):
