@@ -22,6 +22,24 @@ def _generate_synthetic(config):
                        synthetic.seed, full_frames=synthetic.full_frames)
 
 
+def resolve_image_dir(data):
+    """(folder, how it was chosen) for the images of `config.data`.
+
+    `data.image_dir` set: that folder (relative to data.root, or absolute). Left at null: the
+    `images` folder inside data.root when it exists (synthetic sets, older layouts), otherwise the
+    published layout: `images/` beside the data.root folder (with data.root = data, the
+    repository's top-level images/).
+    """
+    if data.image_dir is not None:
+        return os.path.join(data.root, data.image_dir), f"data.image_dir={data.image_dir!r}"
+    inside = os.path.join(data.root, "images")
+    if os.path.isdir(inside):
+        return inside, "data.image_dir=null: the images folder inside data.root"
+    beside = os.path.join(os.path.dirname(os.path.abspath(data.root)), "images")
+    return beside, (f"data.image_dir=null: no '{os.path.abspath(inside)}', so the published "
+                    "layout, images/ beside data.root")
+
+
 def build_dataset(config, split, rank=0):
     """The H36MDataset of `split` ("train" or "validation") as configured by `config.data`.
 
@@ -45,9 +63,11 @@ def build_dataset(config, split, rank=0):
     labels = load_labels(label_file, cache_dir=data.cache_dir)
     if len(labels["image"]) == 0:
         raise MetaPoseError(f"label file '{label_file}' ({split} split) has no frames.")
+    image_dir, origin = resolve_image_dir(data)
     dataset = H36MDataset(
         labels,
-        image_dir=os.path.join(data.root, data.image_dir),
+        image_dir=image_dir,
+        image_dir_origin=origin,
         image_mode=data.image_mode,
         image_size=tuple(data.image_size),
         keypoints_2d=data.keypoints_2d,
@@ -58,6 +78,7 @@ def build_dataset(config, split, rank=0):
         skip_bad_images=data.skip_bad_images,
         source=label_file,
     )
-    logger.info("%s split: %d frames from '%s' (%s images)", split, len(dataset), label_file,
-                "blank" if data.blank_images else dataset.image_mode)
+    logger.info("%s split: %d frames from '%s' (%s images%s)", split, len(dataset), label_file,
+                "blank" if data.blank_images else dataset.image_mode,
+                "" if data.blank_images else f" from '{os.path.abspath(image_dir)}'")
     return dataset
