@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from datasets.transforms import model_inputs, prepare_batch
+from datasets.h36m import batch_flip_decision
+from datasets.transforms import model_inputs, prepare_batch, with_batch_flip
 from models.flip_test import predict
 from utils import distributed as dist_utils
 from utils.errors import MetaPoseError
 from utils.logger import get_logger
-from utils.metrics import ActionErrorAccumulator
+from utils.metric_set import metric_set_for
 from utils.precision import autocast_context
-from utils.skeleton import ACTION_NAMES
 
 
 @dataclass
@@ -31,12 +31,16 @@ class StepSettings:
     max_bad_steps: int = 20           # stop after this many consecutive non-finite steps
     log_every: int = 50               # optimiser steps between log lines / TensorBoard points
     channels_last: bool = False
+    flip_mode: str = "sample"         # sample (flips marked by the dataset) | batch (whole batches)
+    flip_prob: float = 0.5            # probability that a batch flips (flip_mode batch)
+    seed: int = 0                     # seeds the batch flips (flip_mode batch)
 
     @classmethod
     def from_config(cls, config):
         return cls(amp=config.speed.amp, clip_grad=config.train.clip_grad,
                    max_bad_steps=config.train.max_bad_steps, log_every=config.train.log_every,
-                   channels_last=config.speed.channels_last)
+                   channels_last=config.speed.channels_last, flip_mode=config.train.flip_mode,
+                   flip_prob=config.train.flip_prob, seed=config.seed)
 
 
 def _progress(iterable, total, description):
@@ -82,6 +86,9 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
     lr = optimizer.param_groups[0]["lr"]
     bar = _progress(loader, len(loader), f"epoch {epoch + 1}")
     for batch in bar:
+        if settings.flip_mode == "batch":
+            batch = with_batch_flip(batch, batch_flip_decision(
+                settings.seed, epoch, batches_done, settings.flip_prob, dist_utils.rank()))
         inputs = prepare_batch(batch, device, settings.channels_last)
         with autocast_context(device, settings.amp):
             output = model(*model_inputs(inputs), return_aux=True) if loss_fn.needs_aux \
@@ -172,23 +179,27 @@ def train_one_epoch(model, loss_fn, loader, optimizer, device, epoch, settings, 
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, *, flip_test=True, amp="none", channels_last=False,
-             num_visualize=0, writer=None, global_step=0, stop=None):
-    """Protocol #1 / #2 errors per action over this process's shard, summed over all processes.
+def evaluate(model, loader, device, *, metrics=None, flip_test=True, amp="none",
+             channels_last=False, num_visualize=0, writer=None, global_step=0, stop=None):
+    """The dataset's metrics over this process's shard, summed over all processes.
 
     Args:
         model: the unwrapped model (no DDP: shards differ in length, so no per-batch collectives).
         loader: evaluation DataLoader over a ShardSampler.
+        metrics: the MetricSet (utils/metric_set.py) to fill, reset first; None = the dataset's
+            own, `metric_set_for(loader.dataset)`.
         flip_test: average with the mirrored prediction of the mirrored input.
         num_visualize: frames of rank 0's shard drawn into `writer` as figures.
         stop: StopRequest; a signal abandons the pass (all processes agree at the end).
     Returns:
-        {"p1", "p2" (mm, mean of the per-action means), "frames" (all processes),
-         "per_action": {name: {"p1", "p2", "frames"}}, "samples_per_s"}, or None when a stop
-        request abandoned the evaluation.
+        the metric set's summary over all processes (H36M: "p1", "p2", "frames", "per_action";
+        MPI-INF-3DHP: "pck", "auc", "mpjpe", "frames", "per_scene", "per_sequence") plus
+        "samples_per_s", or None when a stop request abandoned the evaluation.
     """
     model.eval()
-    accumulator = ActionErrorAccumulator(device="cpu")
+    accumulator = metric_set_for(getattr(loader, "dataset", None)) if metrics is None \
+        else metrics
+    accumulator.reset()
     visual = []
     start = time.perf_counter()
     abandoned = False
@@ -198,13 +209,13 @@ def evaluate(model, loader, device, *, flip_test=True, amp="none", channels_last
             break
         inputs = prepare_batch(batch, device, channels_last)
         pred = predict(model, inputs, flip_test, amp)
-        accumulator.update(pred.cpu(), inputs["joints_3d"].cpu(), batch["action"])
+        accumulator.update_batch(pred.cpu(), inputs["joints_3d"].cpu(), batch)
         if dist_utils.is_main() and len(visual) < num_visualize:
             for i in range(min(num_visualize - len(visual), pred.shape[0])):
                 visual.append({"image": batch["image"][i],
                                "keypoints_crop": batch["keypoints_2d_crop"][i],
                                "pred_3d": pred[i].cpu(), "gt_3d": batch["joints_3d"][i],
-                               "index": int(batch["index"][i]), "action": int(batch["action"][i])})
+                               "title": accumulator.describe(batch, i)})
     state = accumulator.state()
     flat = torch.cat([state.flatten(), torch.tensor([float(abandoned)], dtype=state.dtype)])
     flat = dist_utils.all_reduce_sum(flat)
@@ -222,8 +233,7 @@ def _draw_figures(writer, samples, global_step):
     """Each sample as a TensorBoard image: the crop with its 2D joints, predicted and true 3D."""
     from utils.visualization import draw_sample, figure_to_array
     for number, sample in enumerate(samples):
-        title = f"frame {sample['index']} ({ACTION_NAMES.get(sample['action'], sample['action'])})"
         figure = draw_sample(sample["image"], sample["keypoints_crop"], sample["pred_3d"],
-                             sample["gt_3d"], title=title)
+                             sample["gt_3d"], title=sample["title"])
         writer.add_image(f"val/sample_{number}", figure_to_array(figure), global_step,
                          dataformats="HWC")

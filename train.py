@@ -15,17 +15,17 @@ import engine
 from datasets.loaders import build_eval_loader, build_train_loader
 from models.loss import build_loss
 from utils import distributed as dist_utils
-from utils.checkpoint import atomic_write_text, load_checkpoint
+from utils.checkpoint import atomic_write_text, load_checkpoint, load_model_state
 from utils.cli import run_cli
 from utils.config import CHOICES, load_config
 from utils.errors import MetaPoseError
 from utils.logger import build_tb_writer, close_logger, setup_logger
-from utils.metrics import format_table
+from utils.metric_set import metric_set_for
 from utils.signals import StopRequest
 from utils.run_dir import REPO_ROOT, metrics_record, prepare_run_dir, record_metrics, record_run
 from utils.training_checkpoint import (TrainState, check_training_checkpoint,
                                        find_resume_checkpoint, load_weights, resume_training,
-                                       save_training_checkpoint)
+                                       save_training_checkpoint, score_text)
 
 # File names of the published weights; --image_encoder/--text_encoder switch between them.
 IMAGE_ENCODER_FILES = {"hrnet_32": "pose_hrnet_w32_256x192.pth",
@@ -96,14 +96,16 @@ def resolve_config(args):
 # Building
 
 
-def build_model(config, context):
-    """The model on the device, initialised identically on every rank (seeded with config.seed)."""
+def build_model(config, context, weights_from_checkpoint=False):
+    """The model on the device, initialised identically on every rank (seeded with config.seed).
+    weights_from_checkpoint: every weight comes from a checkpoint next, so the pretrained HRNet
+    and CLIP files are not read (they need not exist)."""
     from models import build_model as build_metapose
     from models.speed import prepare_model_for_speed
 
     dist_utils.seed_everything(config.seed)
-    model = prepare_model_for_speed(build_metapose(config).to(context.device), config,
-                                    context.device)
+    model = build_metapose(config, weights_from_checkpoint=weights_from_checkpoint)
+    model = prepare_model_for_speed(model.to(context.device), config, context.device)
     dist_utils.seed_everything(config.seed + context.rank)
     return model
 
@@ -120,15 +122,14 @@ def build_datasets(config, context, splits):
 # Training and evaluation runs
 
 
-def log_evaluation(logger, writer, summary, epoch):
+def log_evaluation(logger, writer, summary, epoch, metric_set):
+    """The dataset's table in the log and its scalars in TensorBoard."""
     logger.info("evaluation%s: %d frames\n%s", f" after epoch {epoch}" if epoch else "",
-                summary["frames"], format_table(summary))
+                summary["frames"], metric_set.format_table(summary))
     if writer:
-        writer.add_scalar("val/p1_mm", summary["p1"], epoch or 0)
-        writer.add_scalar("val/p2_mm", summary["p2"], epoch or 0)
+        for tag, value in metric_set.scalars(summary).items():
+            writer.add_scalar(tag, value, epoch or 0)
         writer.add_scalar("val/samples_per_s", summary["samples_per_s"], epoch or 0)
-        for name, values in summary["per_action"].items():
-            writer.add_scalar(f"val_p1_per_action/{name}", values["p1"], epoch or 0)
 
 
 class Training:
@@ -140,7 +141,7 @@ class Training:
         self.logger, self.writer = logger, writer
         # The checkpoint file and the data first: problems with them show before the (slower)
         # model build.
-        start_path, start_checkpoint = self._read_start_checkpoint(args)
+        start_path, start_checkpoint, converted = self._read_start_checkpoint(args)
         train_set, val_set = build_datasets(config, context, ("train", "validation"))
         data, speed = config.data, config.speed
         self.train_loader = build_train_loader(
@@ -148,14 +149,15 @@ class Training:
             speed.pin_memory)
         self.val_loader = build_eval_loader(
             val_set, config.eval.batch_size, data.num_workers, context, speed.pin_memory)
-        self.model = build_model(config, context)
+        self.metric_set = metric_set_for(val_set)
+        self.model = build_model(config, context, weights_from_checkpoint=start_path is not None)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer,
                                                                 gamma=config.train.lr_decay)
         use_scaler = speed.amp == "fp16" and context.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-        self.state = self._initial_state(args, start_path, start_checkpoint)
+        self.state = self._initial_state(args, start_path, start_checkpoint, converted)
         trainable = sum(p.numel() for p in self.model.trainable_parameters())
         logger.info("%d training / %d validation frames, %d process(es), %s trainable parameters, "
                     "%d steps per epoch", len(train_set), len(val_set), context.world_size,
@@ -170,20 +172,22 @@ class Training:
         self.stop = StopRequest()
 
     def _read_start_checkpoint(self, args):
-        """(path, loaded contents) of the checkpoint to resume (--resume [FILE]) or to start from
-        (--checkpoint FILE), or (None, None)."""
+        """(path, loaded contents, converted weights or None) of the checkpoint to resume
+        (--resume [FILE]) or to start from (--checkpoint FILE: any checkpoint, a published one
+        included), or (None, None, None)."""
         if args.resume is not None:
             if args.resume:
                 path, checkpoint = args.resume, load_checkpoint(args.resume)
             else:
                 path, checkpoint = find_resume_checkpoint(self.paths, self.logger)
             check_training_checkpoint(checkpoint, path)
-            return path, checkpoint
+            return path, checkpoint, None
         if args.checkpoint:
-            return args.checkpoint, load_checkpoint(args.checkpoint)
-        return None, None
+            checkpoint = load_checkpoint(args.checkpoint)
+            return args.checkpoint, checkpoint, load_model_state(checkpoint, args.checkpoint)
+        return None, None, None
 
-    def _initial_state(self, args, path, checkpoint):
+    def _initial_state(self, args, path, checkpoint, converted=None):
         if args.resume is not None:
             state = resume_training(path, self.model, self.optimizer, self.scheduler, self.scaler,
                                     self.config, self.logger, checkpoint)
@@ -191,8 +195,9 @@ class Training:
                 record_metrics(self.paths, None, keep_until_epoch=state.epoch)
             return state
         if checkpoint is not None:
-            load_weights(self.model, checkpoint, path, self.config, self.logger)
-            self.logger.info("initialised the model from '%s'", path)
+            load_weights(self.model, checkpoint, path, self.config, self.logger, converted)
+            self.logger.info("initialised the model from '%s' (weights only: a fresh optimizer "
+                             "and learning-rate schedule, training starts at epoch 1)", path)
         return TrainState()
 
     def save(self, new_best=False):
@@ -200,10 +205,12 @@ class Training:
                                  self.scaler, self.state, self.config, new_best)
 
     def evaluate_and_record(self, epoch):
-        """Evaluates after `epoch`, logs and records it; returns whether P1 is a new best."""
-        config = self.config
+        """Evaluates after `epoch`, logs and records it; returns whether the metric set's score
+        (H36M: P1, 3DHP: MPJPE) is a new best."""
+        config, metric_set = self.config, self.metric_set
         summary = engine.evaluate(self.model, self.val_loader, self.context.device,
-                                  flip_test=config.eval.flip_test, amp=config.speed.amp,
+                                  metrics=metric_set, flip_test=config.eval.flip_test,
+                                  amp=config.speed.amp,
                                   channels_last=self.settings.channels_last,
                                   num_visualize=config.eval.num_visualize, writer=self.writer,
                                   global_step=epoch, stop=self.stop)
@@ -212,11 +219,12 @@ class Training:
             self.logger.warning("evaluation after epoch %d interrupted; it runs first on --resume",
                                 epoch)
             return False
-        log_evaluation(self.logger, self.writer, summary, epoch)
+        log_evaluation(self.logger, self.writer, summary, epoch, metric_set)
         if dist_utils.is_main():
-            record_metrics(self.paths, metrics_record(summary, epoch))
-        if summary["p1"] < self.state.best_p1:
-            self.state.best_p1 = summary["p1"]
+            record_metrics(self.paths, metrics_record(summary, epoch, metric_set))
+        score = summary[metric_set.score_key]
+        if metric_set.is_better(score, self.state.best_score):
+            self.state.best_score = score
             return True
         return False
 
@@ -268,8 +276,9 @@ class Training:
             self.stop.restore()
         if stopping:
             return self.stop.exit_code or 143
-        self.logger.info("done: %d epochs, best P1 %.2f mm; run directory %s", state.epoch,
-                         state.best_p1, self.paths.root)
+        self.logger.info("done: %d epochs, best %s %s; run directory %s", state.epoch,
+                         self.metric_set.score_label, score_text(state.best_score),
+                         self.paths.root)
         return 0
 
 
@@ -303,26 +312,26 @@ def evaluate_checkpoint(config, context, paths, args, logger, writer):
             f"checkpoint/best_epoch_{encoder}.bin.")
     # The file and the data first: problems with them show before the (slower) model build.
     checkpoint = load_checkpoint(path)
-    trained = isinstance(checkpoint, dict) and "model" in checkpoint
-    epoch = checkpoint.get("epoch") if trained else None
+    converted = load_model_state(checkpoint, path)  # a published file is converted here
+    epoch = converted[1].epoch
     (val_set,) = build_datasets(config, context, ("validation",))
     loader = build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
                                       context, config.speed.pin_memory)
-    model = build_model(config, context)
-    load_weights(model, checkpoint, path, config, logger)
+    metric_set = metric_set_for(val_set)
+    model = build_model(config, context, weights_from_checkpoint=True)
+    load_weights(model, checkpoint, path, config, logger, converted)
     logger.info("evaluating '%s' on %d validation frames with %d process(es)%s", path,
                 len(val_set), context.world_size, ", flip test" if config.eval.flip_test else "")
     summary = engine.evaluate(model, loader,
-                              context.device, flip_test=config.eval.flip_test,
+                              context.device, metrics=metric_set, flip_test=config.eval.flip_test,
                               amp=config.speed.amp, channels_last=config.speed.channels_last,
                               num_visualize=config.eval.num_visualize, writer=writer,
                               global_step=epoch or 0)
-    log_evaluation(logger, writer, summary, epoch)
+    log_evaluation(logger, writer, summary, epoch, metric_set)
     if dist_utils.is_main():
-        record = json.dumps(metrics_record(summary, epoch), indent=2)
+        record = json.dumps(metrics_record(summary, epoch, metric_set), indent=2)
         atomic_write_text(paths.file("eval.json"), record + "\n")
-        logger.info("P1 %.2f mm  P2 %.2f mm  (%d frames); wrote %s", summary["p1"], summary["p2"],
-                    summary["frames"], paths.file("eval.json"))
+        logger.info("%s; wrote %s", metric_set.headline(summary), paths.file("eval.json"))
     return 0
 
 

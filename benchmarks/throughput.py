@@ -9,7 +9,8 @@ reports:
     train_samples_per_s    training steps
     eval_samples_per_s     evaluation with flip test (and the metric accumulation)
     encoder_samples_per_s  the frozen image encoder's forward alone: the ceiling of a step
-    text_s_per_step        the text encoder's forward + backward on the batch's actions
+    text_s_per_step        the text encoder's forward (+ backward with trained prompts; frozen
+                           prompts are served from the feature cache) on the batch's actions
     peak_mem_gb            peak memory of the training steps (CUDA: max allocated; CPU: the
                            process's peak resident set size, model included)
 
@@ -260,8 +261,9 @@ def measure_model(config, device, batch, steps, warmup):
         for _ in range(count):
             with autocast_context(device, settings.amp):
                 features = text_encoder(actions)
-            features.float().sum().backward()
-            text_encoder.prompts.grad = None
+            if features.requires_grad:  # trained prompts; frozen ones are served from the cache
+                features.float().sum().backward()
+                text_encoder.prompts.grad = None
 
     reset_peak_memory(device)
     train_s = timed(train, steps, warmup, device)
@@ -285,6 +287,8 @@ def measure_model(config, device, batch, steps, warmup):
     else:
         text_rows = (host["action"].unique() - ACTION_IDS[0]).tolist()
     text_length = encoder_text._sequence_length(text_rows)
+    if encoder_text.cache and not encoder_text.prompts.requires_grad:
+        text_rows, text_length = [], 0  # frozen prompts: every step reads the cache
     figures = {
         "train_samples_per_s": batch / train_s,
         "eval_samples_per_s": batch / eval_s,

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 IMAGE_MODES = ("auto", "cropped", "full")
 KEYPOINT_SOURCES = ("cpn", "gt")
 _FLIP_DOMAIN = 0x5F11B  # separates the flip stream from any other use of the same seed
+_BATCH_FLIP_DOMAIN = 0xBA7C4F11B  # the whole-batch flips of train.flip_mode=batch
 _MAX_CONSECUTIVE_BAD = 100
 
 
@@ -32,16 +33,24 @@ class _UnsafeImagePath(_ConfigurationError):
     """A label image path that would leave the image folder."""
 
 
-def flip_decision(seed, epoch, index, flip_prob):
+def flip_decision(seed, epoch, index, flip_prob, domain=_FLIP_DOMAIN):
     """Whether sample `index` is flipped in `epoch`: a pure function of its arguments.
 
     Every worker, process and resumed run draws the same value, whatever the loading order.
     """
     if flip_prob <= 0.0:
         return False
-    entropy = [int(seed) % (1 << 63), int(epoch), int(index), _FLIP_DOMAIN]
+    entropy = [int(seed) % (1 << 63), int(epoch), int(index), int(domain)]
     draw = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
     return float(draw) / float(1 << 64) < flip_prob
+
+
+def batch_flip_decision(seed, epoch, batch_index, flip_prob, rank=0):
+    """Whether the whole `batch_index`-th batch of process `rank` flips in `epoch`
+    (train.flip_mode=batch, the published augmentation): a pure function of its arguments, so a
+    resumed run flips the same batches. Each process draws its own batches' flips."""
+    return flip_decision(seed, epoch, batch_index, flip_prob,
+                         domain=_BATCH_FLIP_DOMAIN + (int(rank) << 40))
 
 
 class H36MDataset(torch.utils.data.Dataset):
@@ -88,7 +97,8 @@ class H36MDataset(torch.utils.data.Dataset):
                              f"got {keypoints_2d!r}")
         self.labels = labels
         self.image_dir = image_dir
-        self.image_mode = image_mode
+        self.requested_image_mode = image_mode  # what decides, for every image
+        self.image_mode = image_mode  # with "auto": what the first image is, for reports
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.keypoints_2d = keypoints_2d
         self.train = bool(train)
@@ -114,6 +124,8 @@ class H36MDataset(torch.utils.data.Dataset):
             self._drop_missing_images()
         if len(self.frames) == 0:
             raise MetaPoseError(f"label file '{source}' has no frames to use.")
+        if image_mode == "auto" and not self.blank_images:
+            self.image_mode = self._first_image_mode()
 
     # -- construction helpers -------------------------------------------------------------
 
@@ -152,6 +164,25 @@ class H36MDataset(torch.utils.data.Dataset):
                            self.num_skipped, len(self.frames), self.source, first)
             self._bad_positions.update(np.flatnonzero(~exists).tolist())
 
+    def _first_image_mode(self):
+        """'cropped' or 'full' after the first readable image (reported; with image_mode auto
+        every image is still decided on its own)."""
+        for position in range(min(len(self.frames), _MAX_CONSECUTIVE_BAD)):
+            path = self.image_path(self.frames[position])
+            try:
+                image = read_image(path)
+            except MetaPoseError:
+                if not self.skip_bad_images:
+                    raise
+                continue
+            mode = "cropped" if is_crop_image(image) else "full"
+            logger.info("image_mode auto: '%s' is %dx%d (HxW), a %s; every image is decided by "
+                        "its own size", path, image.shape[0], image.shape[1],
+                        "crop" if mode == "cropped" else "full frame")
+            return mode
+        raise MetaPoseError(f"none of the first {_MAX_CONSECUTIVE_BAD} images of '{self.source}' "
+                            f"under '{self.image_dir}' can be read.")
+
     # -- sampling -------------------------------------------------------------------------
 
     def set_epoch(self, epoch):
@@ -166,20 +197,26 @@ class H36MDataset(torch.utils.data.Dataset):
         path = self.image_path(frame)
         image = read_image(path)
         crop = is_crop_image(image)
-        if self.image_mode == "full" and crop:
+        mode = self.requested_image_mode
+        if mode == "full" and crop:
             raise _ImageModeMismatch(
                 f"image '{path}' is {CROP_HEIGHT}x{CROP_WIDTH} (HxW), the size of a stored crop, "
                 "but data.image_mode is full, which would crop it again with the full-frame box. "
                 "Set data.image_mode=auto (decides per image) or cropped.")
-        if self.image_mode == "cropped" and \
-                image.shape[0] * CROP_WIDTH != image.shape[1] * CROP_HEIGHT:
+        if mode == "cropped" and image.shape[0] * CROP_WIDTH != image.shape[1] * CROP_HEIGHT:
             raise _ImageModeMismatch(
                 f"image '{path}' is {image.shape[0]}x{image.shape[1]} (HxW) but data.image_mode "
                 f"is cropped, which expects {CROP_HEIGHT}x{CROP_WIDTH} crops. Set "
                 "data.image_mode=full for full frames (or auto, which decides per image).")
-        if self.image_mode == "full" or (self.image_mode == "auto" and not crop):
-            labels = self.labels
-            image = crop_from_full_frame(image, labels["center"][frame], labels["scale"][frame])
+        if mode == "full" or (mode == "auto" and not crop):
+            center, scale = self.labels["center"][frame], self.labels["scale"][frame]
+            if not (np.isfinite(center).all() and np.isfinite(scale).all() and scale[0] > 0):
+                raise _ImageModeMismatch(
+                    f"image '{path}' is a {image.shape[0]}x{image.shape[1]} (HxW) full frame, but "
+                    f"row {int(frame)} of '{self.source}' has no person box (center {center}, "
+                    f"scale {scale}) to crop it with. Use the 256x192 crops, or re-create the "
+                    "labels with the preparation tool.")
+            image = crop_from_full_frame(image, center, scale)
         return resize_image(image, self.image_size)
 
     def _load(self, position):

@@ -91,12 +91,13 @@ def _npy_header(dtype, shape, size=_HEADER_BYTES):
 
 class ColumnFiles:
     """Receives converted batches of columns and writes each column straight into its .npy file
-    in `folder` (so a conversion holds one batch in memory, not the whole label set)."""
+    in `folder` (so a conversion holds one batch in memory, not the whole label set). `specs`:
+    name -> (dtype, trailing shape); the `image` column (bytes of any width) is gathered."""
 
-    def __init__(self, folder):
-        self.folder = folder
+    def __init__(self, folder, specs=COLUMN_SPECS):
+        self.folder, self.specs = folder, specs
         self._handles, self._digests, self._images, self.frames = {}, {}, [], 0
-        for name in COLUMNS:
+        for name in specs:
             if name != "image":
                 self._handles[name] = open(os.path.join(folder, f"{name}.npy"), "wb")
                 self._handles[name].write(b"\0" * _HEADER_BYTES)
@@ -104,7 +105,7 @@ class ColumnFiles:
 
     def add(self, columns):
         for name, handle in self._handles.items():
-            data = np.ascontiguousarray(columns[name], dtype=COLUMN_SPECS[name][0])
+            data = np.ascontiguousarray(columns[name], dtype=self.specs[name][0])
             handle.write(memoryview(data).cast("B"))
             self._digests[name].update(memoryview(data).cast("B"))
         self._images.append(columns["image"])
@@ -122,8 +123,7 @@ class ColumnFiles:
         info = {}
         for name, handle in self._handles.items():
             handle.seek(0)
-            handle.write(_npy_header(COLUMN_SPECS[name][0],
-                                     (self.frames,) + COLUMN_SPECS[name][1]))
+            handle.write(_npy_header(self.specs[name][0], (self.frames,) + self.specs[name][1]))
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
@@ -145,10 +145,23 @@ class ColumnFiles:
         self._handles = {}
 
 
+def write_columns(folder, columns):
+    """Writes in-memory columns (name -> array) as .npy files; returns their meta.json records."""
+    info = {}
+    for name, array in columns.items():
+        path = os.path.join(folder, f"{name}.npy")
+        array = np.ascontiguousarray(array)
+        np.save(path, array)
+        offset = os.path.getsize(path) - array.nbytes
+        info[name] = {"offset": offset, "blake2b": file_digest(path, offset)}
+    return info
+
+
 class ColumnsInMemory:
     """The same interface for a cache that cannot be written: the columns stay in memory."""
 
-    def __init__(self):
+    def __init__(self, names=COLUMNS):
+        self.names = names
         self._batches, self.frames = [], 0
 
     def add(self, columns):
@@ -160,7 +173,7 @@ class ColumnsInMemory:
 
     def columns(self):
         result = {}
-        for name in COLUMNS:  # one column at a time: the batches' copies are freed as it goes
+        for name in self.names:  # one column at a time: the batches' copies are freed as it goes
             parts = [batch.pop(name) for batch in self._batches]
             if name == "image":
                 width = max(part.dtype.itemsize for part in parts)
@@ -217,29 +230,45 @@ def write_meta(folder, meta):
         json.dump(meta, handle, indent=1)
 
 
-def open_columns(folder, meta):
-    """The memory-mapped columns of a cache folder, or None when any column is missing,
-    truncated, of the wrong dtype or shape, or differs from its recorded digest. Column records
-    that changed but whose content still matches (a copied cache) are refreshed."""
+def load_column(path):
+    """A column file memory-mapped read-only (an empty one, which cannot be mapped, loaded)."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except ValueError:
+        array = np.load(path, allow_pickle=False)
+        if array.size:
+            raise
+        return array
+
+
+def open_columns(folder, meta, names, specs=None):
+    """The memory-mapped columns `names` of a cache folder, or None when any is missing,
+    truncated, of another dtype or shape than recorded (or than `specs`: name -> (dtype,
+    trailing shape)), or differs from its recorded digest. Column records that changed but whose
+    content still matches (a copied cache) are refreshed."""
     frames = meta.get("frames")
     recorded = meta.get("columns")
     if not isinstance(frames, int) or not isinstance(recorded, dict):
         return None
     columns, refreshed = {}, False
-    for name in COLUMNS:
+    for name in names:
         path = os.path.join(folder, f"{name}.npy")
         info = recorded.get(name)
         if not isinstance(info, dict):
             return None
         try:
             current = fingerprint(path)
-            array = np.load(path, mmap_mode="r")
+            array = load_column(path)
         except (OSError, ValueError):
             return None
-        dtype, trailing = COLUMN_SPECS[name]
-        good_dtype = array.dtype.kind == "S" if name == "image" else array.dtype == dtype
-        if not good_dtype or array.shape != (frames,) + trailing:
+        if array.dtype.str != info.get("dtype") or list(array.shape) != info.get("shape") or \
+                not array.shape or array.shape[0] != frames:
             return None
+        if specs is not None and name in specs:
+            dtype, trailing = specs[name]
+            good_dtype = array.dtype.kind == "S" if name == "image" else array.dtype == dtype
+            if not good_dtype or array.shape[1:] != trailing:
+                return None
         if info.get("fingerprint") != current:
             try:
                 if file_digest(path, info.get("offset", 0)) != info.get("blake2b"):
@@ -254,9 +283,9 @@ def open_columns(folder, meta):
     return columns
 
 
-def find_by_fingerprint(parent, pickle_path):
-    """(columns, folder) of the cache whose record vouches for the pickle as it is now, or
-    (None, folder of a damaged cache or None). No hashing of the pickle, no lock."""
+def find_by_fingerprint(parent, pickle_path, names, specs=None):
+    """(columns, folder) of the cache whose record vouches for the label file as it is now, or
+    (None, folder of a damaged cache or None). No hashing of the file, no lock."""
     source = os.path.abspath(pickle_path)
     try:
         current = fingerprint(source)
@@ -266,12 +295,12 @@ def find_by_fingerprint(parent, pickle_path):
         meta = read_meta(folder)
         if meta is None or not _trusted(meta.get("sources", {}).get(source), current):
             continue
-        columns = open_columns(folder, meta)
+        columns = open_columns(folder, meta, names, specs)
         return (columns, folder) if columns is not None else (None, folder)
     return None, None
 
 
-def find_by_digest(parent, pickle_path, digest):
+def find_by_digest(parent, pickle_path, digest, names, specs=None):
     """(columns, None) of the cache made from content `digest`, recording the pickle's
     fingerprint in it (a touched or copied pickle); (None, folder) when that cache is damaged;
     (None, None) when there is none."""
@@ -279,7 +308,7 @@ def find_by_digest(parent, pickle_path, digest):
     meta = read_meta(folder) if os.path.isdir(folder) else None
     if meta is None or meta.get("digest") != digest:
         return None, None
-    columns = open_columns(folder, meta)
+    columns = open_columns(folder, meta, names, specs)
     if columns is None:
         return None, folder
     meta.setdefault("sources", {})[os.path.abspath(pickle_path)] = _record(pickle_path)
@@ -291,9 +320,15 @@ def find_by_digest(parent, pickle_path, digest):
 def publish(temporary, parent, pickle_path, digest, frames, column_info, record):
     """Completes a converted cache: meta.json, then the rename to its final name (an older,
     damaged folder of that name is replaced). Returns the final folder. Call under the lock."""
+    columns = {}
+    for name, info in column_info.items():
+        path = os.path.join(temporary, f"{name}.npy")
+        array = load_column(path)
+        columns[name] = dict(info, fingerprint=fingerprint(path), dtype=array.dtype.str,
+                             shape=list(array.shape))
+        del array
     meta = {"version": CACHE_VERSION, "frames": int(frames), "digest": digest,
-            "columns": {name: dict(info, fingerprint=fingerprint(
-                os.path.join(temporary, f"{name}.npy"))) for name, info in column_info.items()},
+            "columns": columns,
             "sources": {os.path.abspath(pickle_path): record} if record else {}}
     write_meta(temporary, meta)
     folder = os.path.join(parent, folder_prefix(pickle_path) + digest[:16])

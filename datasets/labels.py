@@ -69,48 +69,6 @@ def _convert(pickle_path, sink):
     return digest
 
 
-def _convert_in_memory(pickle_path, reason):
-    logger.warning("could not write the label cache for '%s' (%s); converting the labels in "
-                   "memory. Set data.cache_dir to a writable folder to share them between "
-                   "workers and processes.", pickle_path, reason)
-    sink = label_cache.ColumnsInMemory()
-    _convert(pickle_path, sink)
-    columns = sink.columns()
-    _return_freed_memory()
-    return columns
-
-
-def _convert_into_cache(pickle_path, parent):
-    """Converts the pickle into a new cache folder under `parent` (call under the lock);
-    returns the memory-mapped columns."""
-    start = time.perf_counter()
-    before = label_cache.fingerprint(pickle_path)
-    recorded_ns = time.time_ns()
-    temporary = label_cache.new_temporary(parent, pickle_path)
-    sink = label_cache.ColumnFiles(temporary)
-    try:
-        digest = _convert(pickle_path, sink)
-        column_info = sink.finish()
-        unchanged = label_cache.fingerprint(pickle_path) == before
-        record = {"fingerprint": before, "recorded_ns": recorded_ns} if unchanged else None
-        folder = label_cache.publish(temporary, parent, pickle_path, digest, sink.frames,
-                                     column_info, record)
-    finally:
-        sink.close()
-        if os.path.lexists(temporary):  # the conversion failed: nothing half-written stays
-            label_cache.remove_folder(temporary)
-        _return_freed_memory()  # the unpickled entries are gone
-    label_cache.remove_stale(parent, pickle_path, keep=folder)
-    columns = label_cache.open_columns(folder, label_cache.read_meta(folder))
-    if columns is None:
-        raise MetaPoseError(f"the label cache '{folder}' written just now cannot be read back; "
-                            "check the disk (free space, errors) or set data.cache_dir to "
-                            "another folder.")
-    logger.info("converted %d frames of '%s' into the column cache '%s' in %.1f s",
-                len(columns["image"]), pickle_path, folder, time.perf_counter() - start)
-    return columns
-
-
 def load_labels(pickle_path, cache_dir=None):
     """The frames of an H36M label pickle as columns (see COLUMN_SPECS), converted once and cached.
 
@@ -124,42 +82,121 @@ def load_labels(pickle_path, cache_dir=None):
         MetaPoseError naming the file (missing, corrupt, unsafe) or the first bad entry.
     """
     require_label_file(pickle_path)
-    parent = cache_dir if cache_dir is not None else \
-        os.path.dirname(os.path.abspath(pickle_path))
-    columns, _ = label_cache.find_by_fingerprint(parent, pickle_path)
+
+    def into_folder(folder):  # streamed: one batch of entries in memory at a time
+        sink = label_cache.ColumnFiles(folder)
+        try:
+            digest = _convert(pickle_path, sink)
+            return digest, sink.frames, sink.finish()
+        finally:
+            sink.close()
+
+    def in_memory():
+        sink = label_cache.ColumnsInMemory()
+        _convert(pickle_path, sink)
+        return sink.columns()
+
+    return _cached(pickle_path, COLUMNS, COLUMN_SPECS, into_folder, in_memory, cache_dir)
+
+
+def cached_columns(source, build, names, cache_dir=None):
+    """Columns `names` of the label file `source`, built once by `build(source)` and cached.
+
+    The cache mechanism of `load_labels` (content-keyed folder of .npy files, checked at every
+    open, rebuilt when damaged, one builder at a time) for label formats that are read whole,
+    such as MPI-INF-3DHP's npz files.
+
+    Args:
+        source: an existing label file.
+        build: function(source) -> dict name -> numpy array (all with the same number of rows);
+            it raises MetaPoseError for a bad file.
+        names: the column names `build` returns.
+        cache_dir: folder for the cache; None = next to `source`.
+    Returns:
+        dict name -> numpy array: read-only memory maps, or in-memory arrays when the cache
+        could not be written (a warning says so).
+    """
+    def into_folder(folder):
+        digest = label_cache.file_digest(source)
+        columns = build(source)
+        frames = len(next(iter(columns.values())))
+        info = label_cache.write_columns(folder, {name: columns[name] for name in names})
+        return digest, frames, info
+
+    return _cached(source, tuple(names), None, into_folder, lambda: build(source), cache_dir)
+
+
+def _cached(source, names, specs, into_folder, in_memory, cache_dir):
+    """The cached columns of `source`: the fast path, else (under the lock) a cache whose content
+    digest matches, else a conversion by `into_folder(temporary folder) -> (digest, frames,
+    column records)`; `in_memory()` when no cache can be written."""
+    parent = cache_dir if cache_dir is not None else os.path.dirname(os.path.abspath(source))
+    columns, _ = label_cache.find_by_fingerprint(parent, source, names, specs)
     if columns is not None:
-        if label_cache.has_leftovers(parent, pickle_path):
+        if label_cache.has_leftovers(parent, source):
             with contextlib.suppress(OSError), \
-                    label_cache.conversion_lock(parent, pickle_path, blocking=False) as held:
+                    label_cache.conversion_lock(parent, source, blocking=False) as held:
                 if held:  # nobody is converting: the temporary folder is from a killed run
-                    label_cache.remove_leftovers(parent, pickle_path)
+                    label_cache.remove_leftovers(parent, source)
         return columns
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(label_cache.conversion_lock(parent, pickle_path))
+            stack.enter_context(label_cache.conversion_lock(parent, source))
         except OSError as error:  # the cache folder cannot be created or written
-            return _convert_in_memory(pickle_path, error)
-        return _load_locked(pickle_path, parent)
+            return _in_memory(source, in_memory, error)
+        label_cache.remove_leftovers(parent, source)
+        columns, damaged = label_cache.find_by_fingerprint(parent, source, names, specs)
+        if columns is None and damaged is None and label_cache.candidate_folders(parent, source):
+            # perhaps only the metadata changed (touched, copied, moved): compare the content
+            columns, damaged = label_cache.find_by_digest(
+                parent, source, label_cache.file_digest(source), names, specs)
+        if columns is not None:  # another process converted it meanwhile, or the content matched
+            return columns
+        if damaged is not None:
+            logger.warning("the label cache '%s' is damaged (a column is missing, truncated or "
+                           "was replaced); rebuilding it", damaged)
+            label_cache.remove_folder(damaged)
+        try:
+            return _convert_into_cache(source, parent, names, specs, into_folder)
+        except OSError as error:
+            return _in_memory(source, in_memory, error)
 
 
-def _load_locked(pickle_path, parent):
-    """The columns from a valid cache, after rebuilding it if needed (call under the lock)."""
-    label_cache.remove_leftovers(parent, pickle_path)
-    columns, damaged = label_cache.find_by_fingerprint(parent, pickle_path)
-    if columns is None and damaged is None and label_cache.candidate_folders(parent, pickle_path):
-        # perhaps only the metadata changed (touched, copied, moved): compare the content
-        columns, damaged = label_cache.find_by_digest(parent, pickle_path,
-                                                      label_cache.file_digest(pickle_path))
-    if columns is not None:  # another process converted it meanwhile, or the content matched
-        return columns
-    if damaged is not None:
-        logger.warning("the label cache '%s' is damaged (a column is missing, truncated or was "
-                       "replaced); rebuilding it", damaged)
-        label_cache.remove_folder(damaged)
+def _in_memory(source, in_memory, reason):
+    logger.warning("could not write the label cache for '%s' (%s); converting the labels in "
+                   "memory. Set data.cache_dir to a writable folder to share them between "
+                   "workers and processes.", source, reason)
+    columns = in_memory()
+    _return_freed_memory()
+    return columns
+
+
+def _convert_into_cache(source, parent, names, specs, into_folder):
+    """Converts `source` into a new cache folder under `parent` (call under the lock); returns
+    the memory-mapped columns."""
+    start = time.perf_counter()
+    before = label_cache.fingerprint(source)
+    recorded_ns = time.time_ns()
+    temporary = label_cache.new_temporary(parent, source)
     try:
-        return _convert_into_cache(pickle_path, parent)
-    except OSError as error:
-        return _convert_in_memory(pickle_path, error)
+        digest, frames, column_info = into_folder(temporary)
+        unchanged = label_cache.fingerprint(source) == before
+        record = {"fingerprint": before, "recorded_ns": recorded_ns} if unchanged else None
+        folder = label_cache.publish(temporary, parent, source, digest, frames, column_info,
+                                     record)
+    finally:
+        if os.path.lexists(temporary):  # the conversion failed: nothing half-written stays
+            label_cache.remove_folder(temporary)
+        _return_freed_memory()  # the unpickled entries are gone
+    label_cache.remove_stale(parent, source, keep=folder)
+    columns = label_cache.open_columns(folder, label_cache.read_meta(folder), names, specs)
+    if columns is None:
+        raise MetaPoseError(f"the label cache '{folder}' written just now cannot be read back; "
+                            "check the disk (free space, errors) or set data.cache_dir to "
+                            "another folder.")
+    logger.info("converted %d frames of '%s' into the column cache '%s' in %.1f s",
+                frames, source, folder, time.perf_counter() - start)
+    return columns
 
 
 def _return_freed_memory():

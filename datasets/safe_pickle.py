@@ -27,12 +27,17 @@ _ALLOWED = frozenset(
 )
 
 
+_H36M_HINT = ("Re-create the file with tools/prepare_h36m.py (real H36M) or "
+              "tools/make_synthetic.py (synthetic data).")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Refuses every global outside `_ALLOWED` before anything is called."""
 
-    def __init__(self, handle, path, **kwargs):
+    def __init__(self, handle, path, hint=_H36M_HINT, **kwargs):
         super().__init__(handle, **kwargs)
         self._path = path
+        self._hint = hint
 
     def find_class(self, module, name):
         if (module, name) not in _ALLOWED:
@@ -40,8 +45,7 @@ class RestrictedUnpickler(pickle.Unpickler):
                 f"label file '{self._path}' tries to import {module}.{name}, which a label file "
                 "never needs; refusing to load it (nothing in it was run). Pickles can execute "
                 "arbitrary code, so only lists and dicts of numbers, strings and numpy arrays are "
-                "accepted. Re-create the file with tools/prepare_h36m.py (real H36M) or "
-                "tools/make_synthetic.py (synthetic data).")
+                f"accepted. {self._hint}")
         if module.startswith("numpy.core.") and _has_numpy_core_private():
             module = "numpy._core." + module[len("numpy.core."):]
         return super().find_class(module, name)
@@ -59,6 +63,21 @@ def _has_numpy_core_private():
 def _load(handle, path, encoding):
     handle.seek(0)
     return RestrictedUnpickler(handle, path, encoding=encoding).load()
+
+
+def unpickle_stream_safely(handle, source, hint):
+    """One object unpickled from the binary stream `handle` (positioned at a pickle) with the
+    same allow-list as `load_pickle_safely`: the object arrays inside .npy/.npz files.
+
+    Args:
+        handle: readable binary file object.
+        source: the file, for messages.
+        hint: sentence telling how to re-create the file, appended to the refusal message.
+    Raises:
+        MetaPoseError when the stream names a global outside the allow-list (nothing is run);
+        pickle's own errors (EOFError, UnpicklingError, ...) for a damaged stream.
+    """
+    return RestrictedUnpickler(handle, source, hint=hint, encoding="latin1").load()
 
 
 def load_pickle_safely(path):

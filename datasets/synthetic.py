@@ -276,6 +276,10 @@ class _Sequence:
         return joints + np.array([position[0] * 1000.0, position[1] * 1000.0, lift])
 
 
+# The performance model, public for the synthetic MPI-INF-3DHP set (datasets/synthetic_3dhp.py).
+Performance = _Sequence
+
+
 # ----------------------------------------------------------------------------------------
 # Forward kinematics
 # ----------------------------------------------------------------------------------------
@@ -502,22 +506,21 @@ def make_background(seed, subject, camera_id):
     return cv2.resize(image, (FRAME_WIDTH, FRAME_HEIGHT), interpolation=cv2.INTER_LINEAR)
 
 
-_FRAME_MASK = None
+_FRAME_MASKS = {}
 
 
-def _frame_mask():
-    """(1002, 1000) uint8 all 255: warped like the background, it shows where the frame ends."""
-    global _FRAME_MASK
-    if _FRAME_MASK is None:
-        _FRAME_MASK = np.full((FRAME_HEIGHT, FRAME_WIDTH), 255, dtype=np.uint8)
-    return _FRAME_MASK
+def _frame_mask(shape):
+    """(H, W) uint8 all 255: warped like the background, it shows where the frame ends."""
+    if shape not in _FRAME_MASKS:
+        _FRAME_MASKS[shape] = np.full(shape, 255, dtype=np.uint8)
+    return _FRAME_MASKS[shape]
 
 
 def render_crop(background, matrix, points_px, depth_m, pixels_per_mm):
     """(256, 192, 3) uint8 BGR crop drawn directly in crop pixels.
 
     Args:
-        background: full-frame background (see `make_background`).
+        background: full-frame background (see `make_background`; any frame size).
         matrix: (2, 3) full-frame -> crop affine (`crop_affine`).
         points_px: (17, 2) joints in full-frame pixels; depth_m, pixels_per_mm as in
             `draw_skeleton` (pixels_per_mm in full-frame pixels; the zoom is applied here).
@@ -529,10 +532,12 @@ def render_crop(background, matrix, points_px, depth_m, pixels_per_mm):
     plain = canvas.copy()
     zoom = matrix[0, 0]
     draw_skeleton(canvas, apply_affine(points_px, matrix), depth_m, pixels_per_mm * zoom)
-    corners = apply_affine([[-0.5, -0.5], [FRAME_WIDTH - 0.5, FRAME_HEIGHT - 0.5]], matrix)
+    height, width = background.shape[:2]
+    corners = apply_affine([[-0.5, -0.5], [width - 0.5, height - 0.5]], matrix)
     if corners[0, 0] > 0 or corners[0, 1] > 0 or corners[1, 0] < CROP_WIDTH - 1 \
             or corners[1, 1] < CROP_HEIGHT - 1:  # the crop reaches past the frame's edge
-        inside = cv2.warpAffine(_frame_mask(), matrix, size, flags=cv2.INTER_LINEAR,
+        inside = cv2.warpAffine(_frame_mask((height, width)), matrix, size,
+                                flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0) == 255
         canvas = np.where(inside[..., None], canvas, plain)
     return canvas
@@ -680,6 +685,23 @@ def _check_count(name, value):
                             "--val-frames) to at least 1.")
 
 
+def prepare_output(out_dir, train_frames, val_frames, seed):
+    """Checks a generator's arguments and creates `out_dir`/images (both synthetic sets).
+
+    Raises:
+        MetaPoseError for non-positive counts, a negative seed or an unwritable folder.
+    """
+    _check_count("train_frames", train_frames)
+    _check_count("val_frames", val_frames)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MetaPoseError(f"synthetic data: seed must be a non-negative integer, got {seed!r}.")
+    try:
+        os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    except OSError as error:
+        raise MetaPoseError(f"synthetic data: cannot create the output folder '{out_dir}' "
+                            f"({error}). Choose a writable folder (--out / data.root).") from None
+
+
 def generate_synthetic(out_dir, train_frames, val_frames, seed, full_frames=False, verbose=True):
     """Writes a synthetic H36M set in the label and image format of DESIGN 1.1.
 
@@ -696,16 +718,8 @@ def generate_synthetic(out_dir, train_frames, val_frames, seed, full_frames=Fals
     Raises:
         MetaPoseError for non-positive counts or a negative seed.
     """
-    _check_count("train_frames", train_frames)
-    _check_count("val_frames", val_frames)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise MetaPoseError(f"synthetic data: seed must be a non-negative integer, got {seed!r}.")
     start = time.perf_counter()
-    try:
-        os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    except OSError as error:
-        raise MetaPoseError(f"synthetic data: cannot create the output folder '{out_dir}' "
-                            f"({error}). Choose a writable folder (--out / data.root).") from None
+    prepare_output(out_dir, train_frames, val_frames, seed)
     backgrounds = {}
     summary = {"image_dir": os.path.join(out_dir, "images")}
     for split_code, (split, subjects, frames, file_name) in enumerate((

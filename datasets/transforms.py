@@ -51,6 +51,13 @@ def prepare_batch(batch, device, channels_last=False):
     return out
 
 
+def with_batch_flip(batch, flip):
+    """The collated `batch` with every sample's `flip` mark set to `flip` (a bool): the
+    published whole-batch flip (train.flip_mode=batch). A new dict; the batch is not changed."""
+    marks = torch.full((batch["action"].shape[0],), bool(flip), dtype=torch.bool)
+    return {**batch, "flip": marks}
+
+
 def model_inputs(inputs):
     """The positional arguments of MetaPose.forward from a prepared batch."""
     return inputs["images"], inputs["keypoints_2d"], inputs["keypoints_2d_crop"], inputs["actions"]

@@ -118,9 +118,13 @@ class HighResolutionModule(nn.Module):
         self.fuse_layers = nn.ModuleList(fuse_layers)
         self.relu = nn.ReLU(inplace=False)
 
-    def forward(self, xs):
-        """xs: list of n maps (B, channels[i], H_i, W_i) -> list of len(fuse_layers) fused maps."""
-        xs = [branch(x) for branch, x in zip(self.branches, xs)]
+    def run_branches(self, xs):
+        """xs: list of n maps (B, channels[i], H_i, W_i) -> the n branch outputs (same shapes)."""
+        return [branch(x) for branch, x in zip(self.branches, xs)]
+
+    def fuse(self, xs):
+        """The exchange unit: n branch outputs -> len(fuse_layers) fused maps (new tensors;
+        the inputs are left untouched)."""
         out = []
         for i, row in enumerate(self.fuse_layers):
             size = xs[i].shape[-2:]
@@ -135,6 +139,10 @@ class HighResolutionModule(nn.Module):
                 y = y + z
             out.append(self.relu(y))
         return out
+
+    def forward(self, xs):
+        """xs: list of n maps (B, channels[i], H_i, W_i) -> list of len(fuse_layers) fused maps."""
+        return self.fuse(self.run_branches(xs))
 
 
 def make_transition(previous, current):
@@ -266,12 +274,14 @@ class HRNet(nn.Module):
     def forward(self, images):
         """images: (B, 3, H, W) float RGB normalised with the ImageNet mean/std (any H, W >= 1).
 
-        Returns a list of 4 maps, from high to low resolution:
-          [0] (B, C,  ceil(H/4),  ceil(W/4))   fused highest-resolution output of stage 4
-          [1] (B, 2C, ceil(H/8),  ceil(W/8))   input of stage 4, branch 1
-          [2] (B, 4C, ceil(H/16), ceil(W/16))  input of stage 4, branch 2
-          [3] (B, 8C, ceil(H/32), ceil(W/32))  input of stage 4, branch 3
-        (each size is the previous one halved and rounded up; 64x48, 32x24, 16x12, 8x6 for 256x192).
+        Returns a list of 4 maps, from high to low resolution (DESIGN 2.1):
+          [0] (B, C,  ceil(H/4),  ceil(W/4))   the fused highest-resolution output of stage 4
+          [1] (B, 2C, ceil(H/8),  ceil(W/8))   branch 1 of stage 4's first module, before its fuse
+          [2] (B, 4C, ceil(H/16), ceil(W/16))  branch 2 of that module, before its fuse
+          [3] (B, 8C, ceil(H/32), ceil(W/32))  branch 3 of that module, before its fuse
+        (each size is the previous one halved and rounded up; 64x48, 32x24, 16x12, 8x6 for
+        256x192). Levels 1-3 are what the published trunk returns: the list it hands to stage 4,
+        which the official module overwrites in place with its branch outputs.
         """
         x = self.relu(self.bn1(self.conv1(images)))
         x = self.relu(self.bn2(self.conv2(x)))
@@ -281,8 +291,12 @@ class HRNet(nn.Module):
         xs = self._next_inputs(self.transition2, ys)
         ys = self.stage3(xs)
         xs = self._next_inputs(self.transition3, ys)
-        ys = self.stage4(xs)
-        return [ys[0], xs[1], xs[2], xs[3]]
+        first, *others = self.stage4
+        branches = first.run_branches(xs)
+        ys = first.fuse(branches)
+        for module in others:
+            ys = module(ys)
+        return [ys[0], branches[1], branches[2], branches[3]]
 
 
 def _read_state_dict(path):
@@ -361,18 +375,21 @@ def load_pretrained(model, path, type_name):
     return model
 
 
-def build_image_encoder(type: str, pretrained, frozen: bool = True, width=None) -> HRNet:
+def build_image_encoder(type: str, pretrained, frozen: bool = True, width=None,
+                        weights_from_checkpoint: bool = False) -> HRNet:
     """Build the HRNet trunk for `type` ('hrnet_32' | 'hrnet_48').
 
     pretrained: path of the official COCO pose_hrnet checkpoint, or None for random
-    initialisation (warns). frozen: no gradients and BN statistics never update. width:
-    overrides C (tests and CPU demos only).
+    initialisation (warns; a frozen random trunk gets its batch norm calibrated). frozen: no
+    gradients and BN statistics never update. width: overrides C (tests and CPU demos only).
+    weights_from_checkpoint: the caller loads every weight from a checkpoint next, so
+    `pretrained` is neither checked nor read, nothing warns and nothing is calibrated.
     """
     if type not in HRNET_TYPES:
         raise MetaPoseError(
             f"unknown model.image_encoder.type {type!r}; valid types: {', '.join(HRNET_TYPES)}.")
     channels = HRNET_TYPES[type] if width is None else int(width)
-    if pretrained is not None:
+    if pretrained is not None and not weights_from_checkpoint:
         pretrained = os.fspath(pretrained)
         if not os.path.isfile(pretrained):
             raise MetaPoseError(
@@ -383,7 +400,9 @@ def build_image_encoder(type: str, pretrained, frozen: bool = True, width=None) 
                 "model.image_encoder.pretrained at it, or set model.image_encoder.pretrained=null "
                 "for random initialisation.")
     model = HRNet(channels)
-    if pretrained is None:
+    if weights_from_checkpoint:
+        pass
+    elif pretrained is None:
         warnings.warn(
             f"image encoder {type} (width {channels}) is randomly initialised "
             "(model.image_encoder.pretrained is null); results will not match the paper.",

@@ -1,14 +1,22 @@
-"""Transformer pieces shared by the MetaPose modules: DropPath, MLP, self/cross attention, Block."""
+"""Transformer pieces shared by the pose network: LayerNorm widths, stochastic depth rates,
+DropPath, the MLP, self-attention and the pre-norm block of the lifting transformer."""
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
-LAYER_NORM_EPS = 1e-6
+# LayerNorm eps of the published network (DESIGN 2): 1e-5 everywhere (PyTorch's default) except
+# inside the lifting blocks, which use 1e-6.
+LAYER_NORM_EPS = 1e-5
+LIFTING_BLOCK_EPS = 1e-6
 
 
-def layer_norm(dim):
-    """The LayerNorm used throughout the pose network (eps 1e-6, as in ViT-style blocks)."""
-    return nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+def drop_path_rates(drop_path, depth):
+    """Stochastic-depth rate of each of the `depth` blocks of one stack: linspace(first, last)
+    of `drop_path` = (first, last); (0.1, 0.2) over 4 blocks gives 0.1, 0.133, 0.167, 0.2.
+    Every stack (spatial, semantic, level lifting, joint lifting) uses the same list."""
+    first, last = (float(rate) for rate in drop_path)
+    return torch.linspace(first, last, depth, dtype=torch.float64).tolist()
 
 
 class DropPath(nn.Module):
@@ -32,7 +40,7 @@ class DropPath(nn.Module):
 
 
 class MLP(nn.Module):
-    """Linear(dim -> hidden) -> GELU -> Dropout -> Linear(hidden -> dim) -> Dropout."""
+    """fc1 Linear(dim -> hidden) -> GELU -> Dropout -> fc2 Linear(hidden -> dim) -> Dropout."""
 
     def __init__(self, dim, hidden_dim, drop=0.0):
         super().__init__()
@@ -47,14 +55,15 @@ class MLP(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection (with bias)."""
+    """Multi-head self-attention: one fused qkv Linear(dim -> 3 dim) with bias, softmax of
+    q.k * head_dim^-0.5, heads concatenated, then proj Linear(dim -> dim)."""
 
-    def __init__(self, dim, heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
+    def __init__(self, dim, heads, attn_drop=0.0, proj_drop=0.0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
         self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.qkv = nn.Linear(dim, 3 * dim)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
@@ -70,43 +79,16 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
-class CrossAttention(nn.Module):
-    """Multi-head attention of queries to a separate key/value sequence."""
-
-    def __init__(self, dim, heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
-        self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def forward(self, query, context):
-        """query: (B, N, dim); context: (B, M, dim) keys = values -> (B, N, dim)."""
-        batch, tokens, dim = query.shape
-        head_dim = dim // self.heads
-        q = self.q(query).view(batch, tokens, self.heads, head_dim).transpose(1, 2)
-        kv = self.kv(context).view(batch, context.shape[1], 2, self.heads, head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, M, dim/heads)
-        drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        out = out.transpose(1, 2).reshape(batch, tokens, dim)
-        return self.proj_drop(self.proj(out))
-
-
 class Block(nn.Module):
-    """Pre-norm transformer block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+    """Pre-norm transformer block of the lifting stacks: x + DropPath(Attn(LN(x))), then
+    x + DropPath(MLP(LN(x))); LayerNorm eps `LIFTING_BLOCK_EPS`."""
 
-    def __init__(self, dim, heads, mlp_ratio=2.0, qkv_bias=True, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0):
+    def __init__(self, dim, heads, mlp_ratio=2.0, drop=0.0, attn_drop=0.0, drop_path=0.0):
         super().__init__()
-        self.norm1 = layer_norm(dim)
-        self.attn = Attention(dim, heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
+        self.norm1 = nn.LayerNorm(dim, eps=LIFTING_BLOCK_EPS)
+        self.attn = Attention(dim, heads, attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path)
-        self.norm2 = layer_norm(dim)
+        self.norm2 = nn.LayerNorm(dim, eps=LIFTING_BLOCK_EPS)
         self.mlp = MLP(dim, int(dim * mlp_ratio), drop=drop)
 
     def forward(self, x):
@@ -115,14 +97,7 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def init_transformer_weights(module):
-    """ViT-style initialisation: truncated normal (std 0.02) linear weights, zero biases,
-    unit LayerNorm. Apply with `module.apply(init_transformer_weights)` before any
-    module-specific initialisation (the deformable attention sets its own afterwards)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+def init_position_table(table):
+    """Position tables start from N(0, 0.02) (a plain normal, as published)."""
+    with torch.no_grad():
+        return nn.init.normal_(table, mean=0.0, std=0.02)

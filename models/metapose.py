@@ -1,65 +1,34 @@
-"""The MetaPose network (DESIGN 2): encoders, modality tokens, the two enhancers, alignment and
-lifting, and `build_model(config)`."""
+"""MetaPose (DESIGN 2): the frozen image and text encoders around the pose network, and
+`build_model(config)`."""
 
 import torch
 from torch import nn
 
-from models.alignment import TransformationAlignment
-from models.enhancers import LevelSampler, SemanticEnhancer, SpatialEnhancer
 from models.hrnet import build_image_encoder
-from models.lifting import LiftingTransformer
+from models.pose_network import PoseNetwork
 from models.text_encoder import build_text_encoder
-from utils.geometry import crop_pixels_to_grid
-from utils.skeleton import NUM_JOINTS
 
 
 class MetaPose(nn.Module):
     """Single-frame 3D pose from 2D joints, the image crop and per-joint text.
 
-    Submodules: `image_encoder` (HRNet, 4 feature levels), `text_encoder` (prompted CLIP text),
-    the token embeddings, `level_sampler`, `spatial` and `semantic` enhancers, `alignment`,
-    `lifting`. With `freeze_image_encoder` the HRNet runs without autograd and its maps enter the
-    pose network as constants.
+    Submodules: `image_encoder` (HRNet, 4 feature levels, official key layout), `text_encoder`
+    (prompted CLIP text) and `pose_net` (everything else, models/pose_network.py). With
+    `freeze_image_encoder` the HRNet runs without autograd and its maps enter the pose network as
+    constants. `root_shift` (model.root_shift) subtracts the predicted root from the output; the
+    published network returns the raw output.
     """
 
-    def __init__(self, image_encoder, text_encoder, embed_dim=128, depth=4, deform_heads=4,
-                 deform_points=4, mlp_ratio=2.0, lift_heads=8, align_heads=4, drop_rate=0.0,
-                 drop_path=(0.1, 0.2), enhancer_drop_path=0.1, joints=NUM_JOINTS,
-                 freeze_image_encoder=True, fast_sampling=True, sample_then_project=True):
+    def __init__(self, image_encoder, text_encoder, pose_net, freeze_image_encoder=True,
+                 root_shift=False):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
+        self.pose_net = pose_net
         self.freeze_image_encoder = bool(freeze_image_encoder)
-        level_channels = list(image_encoder.level_channels)
-        levels = len(level_channels)
-
-        # Modality tokens (DESIGN 2.3).
-        self.point_embed = nn.Linear(2, embed_dim)
-        self.joint_pos = nn.Parameter(torch.zeros(joints, embed_dim))
-        self.text_embed = nn.Linear(text_encoder.output_dim, embed_dim)
-        self.text_pos = nn.Parameter(torch.zeros(joints, embed_dim))
-        self.level_sampler = LevelSampler(level_channels, embed_dim)
-        self.level_embed = nn.Parameter(torch.zeros(levels, joints, embed_dim))
-
-        enhancer_args = dict(depth=depth, heads=deform_heads, points=deform_points,
-                             mlp_ratio=mlp_ratio, drop=drop_rate, drop_path=enhancer_drop_path,
-                             fast=fast_sampling, sample_then_project=sample_then_project)
-        self.spatial = SpatialEnhancer(embed_dim, level_channels, **enhancer_args)
-        self.semantic = SemanticEnhancer(embed_dim, level_channels, joints=joints, **enhancer_args)
-        self.alignment = TransformationAlignment(embed_dim, heads=align_heads, drop=drop_rate)
-        self.lifting = LiftingTransformer(embed_dim, levels=levels + 1, joints=joints, depth=depth,
-                                          heads=lift_heads, mlp_ratio=mlp_ratio, drop=drop_rate,
-                                          drop_path=drop_path)
-        self._init_token_weights()
+        self.root_shift = bool(root_shift)
         if self.freeze_image_encoder:
             self.image_encoder.requires_grad_(False)
-
-    def _init_token_weights(self):
-        for linear in [self.point_embed, self.text_embed, *self.level_sampler.proj]:
-            nn.init.trunc_normal_(linear.weight, std=0.02)
-            nn.init.zeros_(linear.bias)
-        for position in (self.joint_pos, self.text_pos, self.level_embed):
-            nn.init.trunc_normal_(position, std=0.02)
 
     def train(self, mode=True):
         super().train(mode)
@@ -71,13 +40,13 @@ class MetaPose(nn.Module):
         return (self.image_encoder, self.text_encoder)
 
     def trainable_parameters(self):
-        """Parameters with requires_grad: pose network + prompts (+ HRNet if not frozen)."""
+        """Parameters with requires_grad: the pose network (+ trained prompts, + HRNet if not
+        frozen)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def pose_parameters(self):
-        """The parameters of everything except the image and text encoders (prompts excluded)."""
-        encoder_ids = {id(p) for module in self.encoder_modules() for p in module.parameters()}
-        return [p for p in self.parameters() if id(p) not in encoder_ids]
+        """The pose network's parameters (prompts and encoders excluded)."""
+        return list(self.pose_net.parameters())
 
     def encode_images(self, images):
         """images (B, 3, H, W) normalised RGB -> list of 4 maps (B, C_l, H_l, W_l)."""
@@ -98,53 +67,49 @@ class MetaPose(nn.Module):
             actions: (B,) LongTensor of H36M action ids 2..16 (unused by the joint text mode).
             return_aux: also return {"kl": scalar tensor} (the alignment KL term).
         Returns:
-            (B, 17, 3) root-relative joints in metres (camera frame; joint 0 is exactly 0),
-            or (pose, {"kl": kl}) with return_aux.
+            (B, 17, 3) joints in metres relative to the root (camera frame): as published the
+            raw output, trained towards root-relative targets (joint 0 near 0); with root_shift,
+            joint 0 is exactly 0. Or (pose, {"kl": kl}) with return_aux.
         """
         maps = self.encode_images(images)
         # The text encoder encodes each distinct action once and gathers per sample
         # (and, without gradients, serves every action from its cache).
         text_features = self.text_encoder(actions)  # (B, P, Dt)
-
-        batch, joints = keypoints_2d.shape[:2]
-        levels = len(maps)
-        point_tokens = self.point_embed(keypoints_2d) + self.joint_pos  # (B, P, D)
-        text_tokens = self.text_embed(text_features.to(point_tokens.dtype)) + self.text_pos
-        reference = crop_pixels_to_grid(keypoints_2d_crop)  # (B, P, 2) grid coordinates
-        reference = reference.unsqueeze(1).expand(batch, levels, joints, 2)
-        # Maps are sampled in the precision of the points: under autocast grid_sample promotes a
-        # bf16 map to float32 at every call (and keeps each copy for the backward pass); one cast
-        # here gives the same numbers once. A no-op without autocast.
-        maps = [feature.to(reference.dtype) for feature in maps]
-        level_tokens = self.level_sampler(maps, reference) + self.level_embed  # (B, L, P, D)
-
-        x_p = self.spatial(level_tokens, point_tokens, reference, maps)  # (B, L+1, P, D)
-        x_t = self.semantic(level_tokens, text_tokens, reference, maps, self.level_sampler)
-        fused, kl = self.alignment(x_p, x_t)
-        pose = self.lifting(fused)  # (B, P, 3)
-        pose = pose - pose[:, :1]
+        pose, kl = self.pose_net(maps, keypoints_2d, keypoints_2d_crop, text_features)
+        if self.root_shift:
+            pose = pose - pose[:, :1]
         if return_aux:
             return pose, {"kl": kl}
         return pose
 
 
-def build_model(config):
+def build_model(config, weights_from_checkpoint=False):
     """MetaPose from `config.model.*` (see utils/defaults.yaml) and `config.speed.truncate_text`
     / `cache_text` / `fast_sampling` / `sample_then_project` (ways of computing the same thing).
+
     Missing pretrained files raise MetaPoseError; `null` paths give random initialisation (with
-    a warning)."""
+    a warning). `weights_from_checkpoint=True`: every weight will be loaded from a checkpoint
+    right after (evaluating or fine-tuning a trained model), so the image encoder's pretrained
+    file is not read, nothing warns about random initialisation, and a random HRNet's batch
+    norm is not calibrated.
+    """
     model_cfg = config.model
     image_cfg, text_cfg = model_cfg.image_encoder, model_cfg.text_encoder
     speed = config.get("speed", {})
     image_encoder = build_image_encoder(image_cfg.type, image_cfg.pretrained,
-                                        frozen=image_cfg.frozen, width=image_cfg.width)
+                                        frozen=image_cfg.frozen, width=image_cfg.width,
+                                        weights_from_checkpoint=weights_from_checkpoint)
     text_encoder = build_text_encoder(text_cfg.type, text_cfg.pretrained, text_cfg.mode,
                                       text_cfg.prompt_tokens, width=text_cfg.width,
                                       layers=text_cfg.layers,
                                       truncate=speed.get("truncate_text", True),
-                                      cache=speed.get("cache_text", True))
-    return MetaPose(
-        image_encoder, text_encoder,
+                                      cache=speed.get("cache_text", True),
+                                      layout=text_cfg.layout,
+                                      train_prompts=text_cfg.train_prompts,
+                                      prompts=text_cfg.prompts,
+                                      weights_from_checkpoint=weights_from_checkpoint)
+    pose_net = PoseNetwork(
+        image_encoder.level_channels, text_encoder.output_dim,
         embed_dim=model_cfg.embed_dim,
         depth=model_cfg.depth,
         deform_heads=model_cfg.deform_heads,
@@ -153,8 +118,11 @@ def build_model(config):
         lift_heads=model_cfg.lift_heads,
         drop_rate=model_cfg.drop_rate,
         drop_path=tuple(model_cfg.drop_path),
-        enhancer_drop_path=model_cfg.enhancer_drop_path,
-        freeze_image_encoder=image_cfg.frozen,
+        grid_convention=model_cfg.grid_convention,
+        eval_noise=model_cfg.alignment.eval_noise,
+        per_channel=model_cfg.alignment.per_channel,
         fast_sampling=speed.get("fast_sampling", True),
         sample_then_project=speed.get("sample_then_project", True),
     )
+    return MetaPose(image_encoder, text_encoder, pose_net, freeze_image_encoder=image_cfg.frozen,
+                    root_shift=model_cfg.root_shift)

@@ -6,8 +6,7 @@ import torch
 
 # The parts of MetaPose that `speed.compile` compiles: the image encoder and the pose network.
 # The text encoder stays eager (its feature cache is Python logic around the transformer).
-COMPILED_MODULES = ("image_encoder", "level_sampler", "spatial", "semantic", "alignment",
-                    "lifting")
+COMPILED_MODULES = ("image_encoder", "pose_net")
 
 
 def uses_channels_last(config, device):

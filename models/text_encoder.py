@@ -1,171 +1,39 @@
-"""The frozen CLIP text transformer with learnable per-joint prompt tokens (DESIGN 2.2)."""
+"""Per-joint text features: prompted sentences through the frozen CLIP text tower (DESIGN 2.2).
+
+Two layouts of the sequence fed to the transformer (`model.text_encoder.layout`, DESIGN 2.9):
+
+- `published` (the paper configuration): [the P prompts of joint j, then the first 77 - P token
+  embeddings of the sentence], read at position argmax(token ids) of the *unshifted* sentence,
+  i.e. P positions before the real end-of-text token. Causal attention then means that the
+  feature never sees the last P tokens of the sentence (its end-of-text token and the P - 1
+  words before it), nor the 77 - P cut (which lies after the read position anyway).
+- `sot_first` (corrected): [SOT, the P prompts, words, EOT], read at the real end-of-text token.
+
+Both run the causal tower only up to the longest read position (`truncate`) and serve calls
+without gradients from a cache (`cache`); neither changes a feature beyond float rounding.
+"""
 
 import functools
 import os
-import pickle
 import warnings
-import zipfile
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from models.prompts import TEXT_MODES, all_sentences
+from models.clip_text import (CLIP_TEXT_CONFIGS, CONTEXT_LENGTH, HEAD_WIDTH, VOCAB_SIZE,
+                              CLIPTextTransformer, QuickGELU, load_clip_text_weights)
+from models.prompts import DEFAULT_PROMPTS_FILE, TEXT_MODES, load_prompts
 from utils.errors import MetaPoseError
-from utils.skeleton import FIRST_ACTION_ID, NUM_ACTIONS, NUM_JOINTS
+from utils.skeleton import FIRST_ACTION_ID, JOINT_NAMES, NUM_ACTIONS, NUM_JOINTS
 
-VOCAB_SIZE = 49408
-CONTEXT_LENGTH = 77
-HEAD_WIDTH = 64  # CLIP text towers use 64 channels per attention head
+__all__ = ["CLIP_TEXT_CONFIGS", "CLIPTextTransformer", "QuickGELU", "PromptedTextEncoder",
+           "TEXT_LAYOUTS", "build_text_encoder", "tokenize_rows", "read_positions"]
 
-# The text towers of the OpenAI CLIP models: transformer width, depth, projected feature size,
-# and the file name OpenAI publishes (looked for under data/pretrained/clip/).
-CLIP_TEXT_CONFIGS = {
-    "ViT-B/32": {"width": 512, "layers": 12, "output_dim": 512, "file": "ViT-B-32.pt"},
-    "ViT-L/14": {"width": 768, "layers": 12, "output_dim": 768, "file": "ViT-L-14.pt"},
-}
+TEXT_LAYOUTS = ("published", "sot_first")
 
 
 # --------------------------------------------------------------------------------------------
-# CLIP text transformer (state_dict keys = the text part of OpenAI's CLIP checkpoints)
-# --------------------------------------------------------------------------------------------
-
-class QuickGELU(nn.Module):
-    """The GELU approximation x * sigmoid(1.702 x) that OpenAI CLIP was trained with."""
-
-    def forward(self, x):
-        return x * torch.sigmoid(1.702 * x)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with nn.MultiheadAttention's parameter names
-    (in_proj_weight, in_proj_bias, out_proj), computed with fused scaled_dot_product_attention."""
-
-    def __init__(self, width, heads):
-        super().__init__()
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
-
-    def forward(self, x):
-        """x: (N, L, W) tokens -> (N, L, W); token i attends to tokens 0..i only."""
-        n, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        # (N, L, 3W) -> (3, N, heads, L, W / heads)
-        qkv = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)
-        out = out.transpose(1, 2).reshape(n, length, width)
-        return self.out_proj(out)
-
-
-class CLIPMLP(nn.Module):
-    """CLIP's feed-forward layer: c_fc (W -> 4W), QuickGELU, c_proj (4W -> W)."""
-
-    def __init__(self, width):
-        super().__init__()
-        self.c_fc = nn.Linear(width, 4 * width)
-        self.gelu = QuickGELU()
-        self.c_proj = nn.Linear(4 * width, width)
-
-    def forward(self, x):
-        return self.c_proj(self.gelu(self.c_fc(x)))
-
-
-class ResidualAttentionBlock(nn.Module):
-    """Pre-norm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
-
-    def __init__(self, width, heads):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width)
-        self.attn = CausalSelfAttention(width, heads)
-        self.ln_2 = nn.LayerNorm(width)
-        self.mlp = CLIPMLP(width)
-
-    def forward(self, x):
-        """x: (N, L, W) -> (N, L, W)."""
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class CLIPTransformer(nn.Module):
-    """A stack of `layers` causal residual attention blocks (keys transformer.resblocks.{i}.*)."""
-
-    def __init__(self, width, layers, heads):
-        super().__init__()
-        self.width = width
-        self.layers = layers
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
-
-    def forward(self, x):
-        """x: (N, L, W) -> (N, L, W)."""
-        for block in self.resblocks:
-            x = block(x)
-        return x
-
-
-class CLIPTextTransformer(nn.Module):
-    """The text tower of CLIP. Its state_dict keys are exactly those of the text part of an
-    OpenAI CLIP checkpoint: token_embedding.weight, positional_embedding,
-    transformer.resblocks.{i}.{ln_1,attn.in_proj_*,attn.out_proj,ln_2,mlp.c_fc,mlp.c_proj},
-    ln_final, text_projection (W, output_dim; features are x @ text_projection)."""
-
-    def __init__(self, width, layers, heads, output_dim, vocab_size=VOCAB_SIZE,
-                 context_length=CONTEXT_LENGTH):
-        super().__init__()
-        if width % heads:
-            raise MetaPoseError(f"CLIP text width {width} is not divisible by its {heads} "
-                                "attention heads; choose a width that is a multiple of 64 "
-                                "(or below 64).")
-        self.width = width
-        self.output_dim = output_dim
-        self.context_length = context_length
-        self.token_embedding = nn.Embedding(vocab_size, width)
-        self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
-        self.transformer = CLIPTransformer(width, layers, heads)
-        self.ln_final = nn.LayerNorm(width)
-        self.text_projection = nn.Parameter(torch.empty(width, output_dim))
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        """CLIP's random initialisation (used when no pretrained file is given)."""
-        width, layers = self.width, self.transformer.layers
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        nn.init.normal_(self.positional_embedding, std=0.01)
-        attn_std = width ** -0.5
-        proj_std = attn_std * (2 * layers) ** -0.5
-        fc_std = (2 * width) ** -0.5
-        for block in self.transformer.resblocks:
-            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
-            nn.init.zeros_(block.attn.in_proj_bias)
-            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.zeros_(block.attn.out_proj.bias)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-            nn.init.zeros_(block.mlp.c_fc.bias)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
-            nn.init.zeros_(block.mlp.c_proj.bias)
-        nn.init.normal_(self.text_projection, std=attn_std)
-
-    def encode_embeddings(self, x, eot_index):
-        """Runs the transformer on already embedded tokens.
-
-        x: (N, L, W) token embeddings plus positional embedding, L <= context_length.
-        eot_index: (N,) long, position of the end-of-text token of each sequence (< L).
-        Returns (N, output_dim) features read at the end-of-text tokens.
-        """
-        x = self.transformer(x)
-        x = x[torch.arange(x.shape[0], device=x.device), eot_index]  # (N, W)
-        return self.ln_final(x) @ self.text_projection
-
-    def forward(self, token_ids):
-        """Plain CLIP encode_text. token_ids: (N, L) long, L <= context_length, zero-padded, the
-        end-of-text token (the largest id) ends each sequence. Returns (N, output_dim)."""
-        x = self.token_embedding(token_ids) + self.positional_embedding[:token_ids.shape[1]]
-        return self.encode_embeddings(x, token_ids.argmax(dim=-1))
-
-
-# --------------------------------------------------------------------------------------------
-# Tokenisation of the joint sentences
+# Tokenisation and read positions
 # --------------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=1)
@@ -175,34 +43,62 @@ def _tokenizer():
     return SimpleTokenizer()
 
 
-def tokenize_prompted(rows, prompt_tokens, context_length=CONTEXT_LENGTH):
-    """Token ids of prompted sentences: [SOT, prompt_tokens placeholders, sentence, EOT, 0...].
+def _where(label, joint, source):
+    row = f"action {label}" if label is not None else "the joint mode"
+    return f"the sentence of {row}, joint {joint} ({JOINT_NAMES[joint]}) of '{source}'"
 
-    rows: list of R lists of 17 sentences. Placeholders are id 0; the encoder replaces their
-    embeddings by the learned prompts. Returns (token_ids (R, 17, context_length) long,
-    eot_index (R, 17) long). Raises MetaPoseError if a sequence does not fit the context.
+
+def tokenize_rows(labels, rows, source, context_length=CONTEXT_LENGTH):
+    """CLIP token ids of every sentence, as CLIP's tokenizer gives them: [SOT, words, EOT, 0...].
+
+    labels: R row labels (action names; None in joint mode), for messages.
+    rows: R lists of 17 sentences (H36M joint order). source: the prompts file, for messages.
+    Returns (R, 17, context_length) long, on the CPU. A sentence of more than context_length
+    tokens is refused (CLIP's own tokenizer refuses it too) with a MetaPoseError naming it.
     """
     tokenizer = _tokenizer()
     # Built on the CPU explicitly (also under a `with torch.device("meta")` construction).
-    token_ids = torch.zeros(len(rows), len(rows[0]), context_length, dtype=torch.long,
-                            device="cpu")
-    eot_index = torch.zeros(len(rows), len(rows[0]), dtype=torch.long, device="cpu")
+    token_ids = torch.zeros(len(rows), NUM_JOINTS, context_length, dtype=torch.long, device="cpu")
     for r, sentences in enumerate(rows):
         for j, sentence in enumerate(sentences):
-            words = tokenizer.encode(sentence)
-            length = 2 + prompt_tokens + len(words)
-            if length > context_length:
-                room = context_length - 2 - len(words)
-                raise MetaPoseError(
-                    f"the text prompt {sentence!r} has {len(words)} tokens; with "
-                    f"model.text_encoder.prompt_tokens={prompt_tokens} and the start/end tokens "
-                    f"it needs {length} positions, more than CLIP's context of {context_length}. "
-                    f"Set model.text_encoder.prompt_tokens to at most {max(room, 0)}.")
-            sequence = [tokenizer.sot_token_id] + [0] * prompt_tokens + words
+            sequence = [tokenizer.sot_token_id] + tokenizer.encode(sentence)
             sequence.append(tokenizer.eot_token_id)
-            token_ids[r, j, :length] = torch.tensor(sequence, device="cpu")
-            eot_index[r, j] = length - 1
-    return token_ids, eot_index
+            if len(sequence) > context_length:
+                raise MetaPoseError(
+                    f"{_where(labels[r], j, source)} is {len(sequence)} tokens long with its "
+                    f"start and end tokens, more than CLIP's context of {context_length}: "
+                    f"{sentence!r}. Shorten the template or that description.")
+            token_ids[r, j, :len(sequence)] = torch.tensor(sequence, device="cpu")
+    return token_ids
+
+
+def read_positions(token_ids, labels, layout, prompt_tokens, source):
+    """Position of each feature in the sequence fed to the transformer, (R, 17) long.
+
+    published: the end-of-text index of the unshifted sentence (argmax of its ids);
+    sot_first: that index + prompt_tokens (the real end-of-text token), which must fit in the
+    context: a sentence that does not is a MetaPoseError naming it and the largest prompt count
+    that fits.
+    """
+    end_of_text = token_ids.argmax(dim=-1)  # the end-of-text id is the largest id
+    if layout == "published":
+        return end_of_text
+    if layout != "sot_first":
+        raise MetaPoseError(f"model.text_encoder.layout is {layout!r}; use one of "
+                            f"{', '.join(TEXT_LAYOUTS)}.")
+    context_length = token_ids.shape[-1]
+    positions = end_of_text + prompt_tokens
+    too_long = (positions >= context_length).nonzero().tolist()
+    if too_long:
+        r, j = too_long[0]
+        longest = int(end_of_text.max()) + 1
+        raise MetaPoseError(
+            f"{_where(labels[r], j, source)} has {int(end_of_text[r, j]) + 1} tokens; with "
+            f"model.text_encoder.prompt_tokens={prompt_tokens} placed after its start token it "
+            f"needs {int(positions[r, j]) + 1} positions, more than CLIP's context of "
+            f"{context_length} ({len(too_long)} sentence(s) do not fit). Set prompt_tokens to at "
+            f"most {context_length - longest} or shorten the sentences.")
+    return positions
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,27 +108,38 @@ def tokenize_prompted(rows, prompt_tokens, context_length=CONTEXT_LENGTH):
 class PromptedTextEncoder(nn.Module):
     """Per-joint text features from a frozen CLIP text tower with learnable prompt tokens.
 
-    Each joint j owns `prompt_tokens` learnable token embeddings (parameter `prompts`,
-    (17, prompt_tokens, W)) placed between the start-of-text token and the joint's sentence.
-    The CLIP weights (`clip`) are frozen and always in eval mode; only `prompts` trains.
-    Token ids are tokenised once into non-persistent buffers (derived from models/prompts.py,
-    so they are not stored in checkpoints). `truncate` (run only up to the longest sentence)
-    and `cache` (keep the features of no-grad calls until a parameter changes) save time
-    without changing the features.
+    `prompts` is ONE parameter of shape (17 * prompt_tokens, W): rows P*j .. P*j + P - 1 belong
+    to joint j (the published `learnable_prompts` layout, so a published checkpoint converts by a
+    rename). With `train_prompts` False (published) it has requires_grad False and the features
+    of every action are constants, served from the cache at every step. The CLIP weights
+    (`clip`) are frozen and always in eval mode. Token ids are tokenised once from the prompts
+    file into non-persistent buffers (not stored in checkpoints). `truncate` (run only up to the
+    longest read position) and `cache` (keep the features of calls without gradients until a
+    parameter changes) save time without changing the features.
+
+    texts: a models.prompts.Prompts (None: the default prompts file). layout: 'published' |
+    'sot_first' (module docstring). train_prompts defaults to True for the bare module;
+    build_text_encoder (and so the config, model.text_encoder.train_prompts) defaults to the
+    published False.
     """
 
     def __init__(self, width, layers, heads, output_dim, mode="joint_action", prompt_tokens=10,
                  truncate=True, vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH,
-                 cache=True):
+                 cache=True, layout="published", train_prompts=True, texts=None):
         super().__init__()
         if mode not in TEXT_MODES:
             raise MetaPoseError(f"model.text_encoder.mode is {mode!r}; use one of "
                                 f"{', '.join(TEXT_MODES)}.")
-        if int(prompt_tokens) != prompt_tokens or prompt_tokens < 0:
+        if layout not in TEXT_LAYOUTS:
+            raise MetaPoseError(f"model.text_encoder.layout is {layout!r}; use one of "
+                                f"{', '.join(TEXT_LAYOUTS)}.")
+        if isinstance(prompt_tokens, bool) or int(prompt_tokens) != prompt_tokens \
+                or prompt_tokens < 0:
             raise MetaPoseError(f"model.text_encoder.prompt_tokens is {prompt_tokens!r}; use a "
                                 "non-negative integer (the paper uses 10).")
-        self.mode = mode
+        self.mode, self.layout = mode, layout
         self.prompt_tokens = int(prompt_tokens)
+        self.insert_at = 0 if layout == "published" else 1  # where the prompts enter the sentence
         self.truncate = bool(truncate)
         self.cache = bool(cache)
         self.output_dim = output_dim
@@ -240,33 +147,57 @@ class PromptedTextEncoder(nn.Module):
                                         context_length)
         self.clip.requires_grad_(False)
         self.clip.eval()
-        self.prompts = nn.Parameter(torch.empty(NUM_JOINTS, self.prompt_tokens, width))
+        self.prompts = nn.Parameter(torch.empty(NUM_JOINTS * self.prompt_tokens, width),
+                                    requires_grad=bool(train_prompts))
 
         # Rows: one per action id (row = id - FIRST_ACTION_ID) in joint_action mode; one in joint.
-        token_ids, eot_index = tokenize_prompted(all_sentences(mode), self.prompt_tokens,
-                                                 context_length)
-        self.register_buffer("token_ids", token_ids, persistent=False)   # (R, 17, C)
-        self.register_buffer("eot_index", eot_index, persistent=False)   # (R, 17)
+        texts = load_prompts() if texts is None else texts
+        labels, rows = texts.rows(mode)
+        token_ids = tokenize_rows(labels, rows, texts.path, context_length)
+        read_index = read_positions(token_ids, labels, layout, self.prompt_tokens, texts.path)
+        self._warn_unread_sentences(read_index, texts.path)
+        self.register_buffer("token_ids", token_ids, persistent=False)    # (R, 17, C)
+        self.register_buffer("read_index", read_index, persistent=False)  # (R, 17)
         # Sequence length each row needs (plain ints so truncation never syncs with the device).
-        self.row_lengths = tuple(int(v) + 1 for v in eot_index.amax(dim=1).tolist())
+        self.row_lengths = tuple(int(v) + 1 for v in read_index.amax(dim=1).tolist())
         self.encoder_runs = 0   # number of transformer passes; read by tests and benchmarks
         # With gradients, encode every action instead of the distinct ones of the batch: None =
         # when the ids are on an accelerator, where finding the distinct ids (torch.unique and
         # reading them back) would wait for the device; a training batch of hundreds of frames
         # holds all 15 actions anyway. The features are the same either way.
         self.encode_all_actions = None
-        self._cache = None      # (key, features (R, 17, Dt)) for no-grad calls
+        self._cache = None      # (key, features (R, 17, Dt)) for calls without gradients
         self._watched = None    # parameters whose versions key the cache
         self.reset_prompts()
 
+    def _warn_unread_sentences(self, read_index, source):
+        """Published layout: a sentence of at most P tokens is read on a prompt position, so its
+        feature does not depend on its words at all (the published joint mode, whose sentence
+        is the joint name alone, is such a case)."""
+        if self.layout != "published" or not self.prompt_tokens:
+            return
+        unread = int((read_index < self.prompt_tokens).sum())
+        if unread:
+            warnings.warn(
+                f"model.text_encoder.layout=published: {unread} of {read_index.numel()} "
+                f"sentences of '{source}' ({self.mode} mode) are at most {self.prompt_tokens} "
+                "tokens long, so their features are read on a prompt and do not depend on their "
+                "words (the published computation). Use layout=sot_first to read every word.",
+                stacklevel=3)
+
     def reset_prompts(self):
-        """Draws the prompts from N(mean, std) of CLIP's token embedding table, per channel.
-        Call after loading CLIP weights (build_text_encoder does)."""
+        """Draws the prompts from N(mean, std) with the two scalars mean and std of CLIP's whole
+        token-embedding table (as published). Call after loading CLIP weights
+        (build_text_encoder does)."""
         with torch.no_grad():
             table = self.clip.token_embedding.weight.float()
-            mean, std = table.mean(dim=0), table.std(dim=0)  # (W,)
+            mean, std = table.mean(), table.std()
             noise = torch.randn(self.prompts.shape, device=table.device)
-            self.prompts.copy_(mean + std * noise)
+            self.prompts.copy_(noise * std + mean)
+
+    def joint_prompts(self):
+        """The prompts as (17, prompt_tokens, W): [j] are joint j's."""
+        return self.prompts.view(NUM_JOINTS, self.prompt_tokens, -1)
 
     def train(self, mode=True):
         """Sets the module's mode; the frozen CLIP tower stays in eval mode."""
@@ -281,21 +212,24 @@ class PromptedTextEncoder(nn.Module):
         """Features of whole rows of sentences.
 
         rows: (U,) long row indices into the token buffers, or None for all rows.
-        length: number of leading token positions to run (>= every selected EOT index + 1).
+        length: number of leading sequence positions to run (> every selected read index).
         Returns (U, 17, Dt).
         """
-        token_ids, eot_index = self.token_ids, self.eot_index
+        token_ids, read_index = self.token_ids, self.read_index
         if rows is not None:
-            token_ids, eot_index = token_ids.index_select(0, rows), eot_index.index_select(0, rows)
-        token_ids = token_ids[..., :length]
-        num_rows, num_joints = token_ids.shape[:2]
-        x = self.clip.token_embedding(token_ids)  # (U, 17, L, W)
-        prompts = self.prompts.to(x.dtype).unsqueeze(0).expand(num_rows, -1, -1, -1)
-        x = torch.cat([x[:, :, :1], prompts, x[:, :, 1 + self.prompt_tokens:]], dim=2)
+            token_ids = token_ids.index_select(0, rows)
+            read_index = read_index.index_select(0, rows)
+        num_rows = token_ids.shape[0]
+        # Sequence position p >= insert_at + P holds sentence token p - P: tokens at or after
+        # `length` can never enter the first `length` positions.
+        tokens = self.clip.token_embedding(token_ids[..., :length])  # (U, 17, <=L, W)
+        prompts = self.joint_prompts().to(tokens.dtype).expand(num_rows, -1, -1, -1)
+        at = self.insert_at
+        x = torch.cat([tokens[:, :, :at], prompts, tokens[:, :, at:]], dim=2)[:, :, :length]
         x = x + self.clip.positional_embedding[:length]
-        features = self.clip.encode_embeddings(x.flatten(0, 1), eot_index.flatten())
+        features = self.clip.encode_embeddings(x.flatten(0, 1), read_index.flatten())
         self.encoder_runs += 1
-        return features.view(num_rows, num_joints, -1)
+        return features.view(num_rows, NUM_JOINTS, -1)
 
     def _sequence_length(self, row_indices):
         if not self.truncate:
@@ -372,70 +306,12 @@ class PromptedTextEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------
-# Pretrained weights
+# Builder
 # --------------------------------------------------------------------------------------------
 
-def _is_torchscript_archive(path):
-    """TorchScript archives (OpenAI's published CLIP .pt files) are zips holding code/ and
-    constants.pkl; torch.save files hold data.pkl only."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") or "/code/" in name
-                   for name in archive.namelist())
-
-
-def read_clip_state_dict(path):
-    """The state dict stored in a CLIP checkpoint: an OpenAI TorchScript archive, a plain
-    state dict, or a training checkpoint with a 'state_dict' entry ('module.' prefixes removed)."""
-    if _is_torchscript_archive(path):
-        try:
-            with warnings.catch_warnings():  # torch.jit.load warns that TorchScript is deprecated
-                warnings.simplefilter("ignore", FutureWarning)
-                return torch.jit.load(path, map_location="cpu").state_dict()
-        except (RuntimeError, ValueError) as error:
-            raise MetaPoseError(f"CLIP checkpoint '{path}' looks like a TorchScript archive but "
-                                f"cannot be loaded ({str(error).splitlines()[0]}). Download the "
-                                "file again.") from None
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, OSError) as error:
-        raise MetaPoseError(
-            f"CLIP checkpoint '{path}' cannot be read as a PyTorch file "
-            f"({str(error).splitlines()[0]}). Use OpenAI's published .pt file or a file saved "
-            "with torch.save(model.state_dict()).") from None
-    if isinstance(content, dict) and isinstance(content.get("state_dict"), dict):
-        content = content["state_dict"]
-    if not isinstance(content, dict):
-        raise MetaPoseError(f"CLIP checkpoint '{path}' holds a {type(content).__name__}, not a "
-                            "state dict; save it with torch.save(model.state_dict()).")
-    return {(key[len("module."):] if key.startswith("module.") else key): value
-            for key, value in content.items()}
-
-
-def load_clip_text_weights(clip, path, type_name):
-    """Copies the text-tower weights stored in `path` into `clip` (a CLIPTextTransformer).
-    Other keys (visual.*, logit_scale, ...) are ignored. Raises MetaPoseError naming the file,
-    the first missing or mis-shaped key and both shapes."""
-    state = read_clip_state_dict(path)
-    expected = clip.state_dict()
-    for key, target in expected.items():
-        if key not in state:
-            raise MetaPoseError(
-                f"CLIP checkpoint '{path}' has no text-encoder key '{key}' (it holds "
-                f"{len(state)} keys). Use the OpenAI CLIP file for {type_name} "
-                f"(e.g. data/pretrained/clip/{CLIP_TEXT_CONFIGS[type_name]['file']}).")
-        if not isinstance(state[key], torch.Tensor) or state[key].shape != target.shape:
-            found = tuple(state[key].shape) if isinstance(state[key], torch.Tensor) else state[key]
-            raise MetaPoseError(
-                f"CLIP checkpoint '{path}': key '{key}' has shape {found} but "
-                f"model.text_encoder.type {type_name} needs {tuple(target.shape)}. The file is "
-                "probably for another CLIP model; match model.text_encoder.type to the file.")
-    clip.load_state_dict({key: state[key] for key in expected}, strict=True)
-
-
 def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers=None,
-                       truncate=True, cache=True):
+                       truncate=True, cache=True, layout="published", train_prompts=False,
+                       prompts=DEFAULT_PROMPTS_FILE, weights_from_checkpoint=False):
     """Builds the prompted CLIP text encoder.
 
     type: 'ViT-B/32' or 'ViT-L/14' (model.text_encoder.type).
@@ -444,10 +320,15 @@ def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers
     mode: 'joint' | 'joint_action'; prompt_tokens: learnable tokens per joint.
     width / layers: override the transformer size for tests and CPU demos; then
         heads = max(1, width // 64) and output_dim = width (no pretrained file fits such a model).
-    truncate: run the causal encoder only up to the longest requested sentence
-        (speed.truncate_text).
-    cache: keep the features of no-grad calls (evaluation) until a parameter changes
+    truncate: run the causal encoder only up to the longest read position (speed.truncate_text).
+    cache: keep the features of calls without gradients until a parameter changes
         (speed.cache_text).
+    layout: 'published' | 'sot_first' (model.text_encoder.layout).
+    train_prompts: whether the prompts are trained (model.text_encoder.train_prompts; False as
+        published: they keep their initial values and are not in the optimiser).
+    prompts: path of the prompts file (model.text_encoder.prompts).
+    weights_from_checkpoint: the CLIP weights and the prompts will be loaded from a checkpoint:
+        `pretrained` is not read (it need not exist) and no random-initialisation warning.
     """
     if type not in CLIP_TEXT_CONFIGS:
         raise MetaPoseError(f"model.text_encoder.type is {type!r}; valid types are "
@@ -460,8 +341,12 @@ def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers
         raise MetaPoseError(f"model.text_encoder.width ({width}) and layers ({layers}) must be "
                             "positive integers or null.")
     heads = max(1, width_value // HEAD_WIDTH)
+    texts = load_prompts(prompts)
     encoder = PromptedTextEncoder(width_value, layer_count, heads, output_dim, mode,
-                                  prompt_tokens, truncate, cache=cache)
+                                  prompt_tokens, truncate, cache=cache, layout=layout,
+                                  train_prompts=train_prompts, texts=texts)
+    if weights_from_checkpoint:
+        return encoder
     if pretrained is None:
         warnings.warn(f"model.text_encoder.pretrained is null: the CLIP text encoder {type} is "
                       "randomly initialised, so its features carry no language knowledge "

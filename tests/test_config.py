@@ -10,7 +10,8 @@ from utils.errors import MetaPoseError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPERIMENTS = [os.path.join(REPO, "experiments", name) for name in
-               ("human36m/human36m.yaml", "synthetic/demo.yaml", "tests/tiny.yaml")]
+               ("human36m/human36m.yaml", "human36m/human36m_corrected.yaml",
+                "synthetic/demo.yaml", "synthetic/demo_corrected.yaml", "tests/tiny.yaml")]
 
 
 def write(tmp_path, name, text):

@@ -33,7 +33,7 @@ def _dataset(root, split="h36m_train.pkl", **kwargs):
 
 def test_sample_fields_follow_the_contract(tiny_h36m_dir):
     dataset = build_dataset(_config(tiny_h36m_dir, "data.image_size=[64,48]"), "validation")
-    assert len(dataset) == 5 and dataset.image_mode == "auto" and not dataset.train
+    assert len(dataset) == 5 and dataset.image_mode == "full" and not dataset.train
     entries = pickle.loads((tiny_h36m_dir / "h36m_validation.pkl").read_bytes())
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -76,6 +76,7 @@ def test_crop_on_the_fly_equals_the_stored_crop(tmp_path):
             tiny_h36m.write_jpeg(str(root / "images" / entry["image"]), image)
     on_the_fly = _dataset(str(full_root))  # image_mode auto: decided per image
     stored = _dataset(str(crop_root))
+    assert (on_the_fly.image_mode, stored.image_mode) == ("full", "cropped")  # as reported
     for index in range(3):
         a = on_the_fly[index]["image"].float()
         b = stored[index]["image"].float()
@@ -323,12 +324,13 @@ def test_image_paths_are_confined_to_the_image_folder(tiny_h36m_dir):
     """Paths in (possibly replaced) label columns never reach files outside the image folder."""
     labels = dict(load_labels(str(tiny_h36m_dir / "h36m_train.pkl")))
     labels["image"] = np.array([b"../h36m_train.pkl", b"/etc/passwd"] + list(labels["image"][2:]))
-    dataset = H36MDataset(labels, str(tiny_h36m_dir / "images"), train=True)
+    dataset = H36MDataset(labels, str(tiny_h36m_dir / "images"), image_mode="full", train=True)
     for row in (0, 1):
         with pytest.raises(MetaPoseError, match="relative to the image folder"):
             dataset[row]
-    with pytest.raises(MetaPoseError, match="row 0 .* relative to the image folder"):
-        H36MDataset(labels, str(tiny_h36m_dir / "images"), skip_bad_images=True, train=True)
+    for skip in (False, True):  # not an unreadable image: never skipped silently
+        with pytest.raises(MetaPoseError, match="row 0 .* relative to the image folder"):
+            H36MDataset(labels, str(tiny_h36m_dir / "images"), skip_bad_images=skip, train=True)
 
 
 def _read_in_thread(path):
@@ -376,10 +378,11 @@ def test_published_layout_is_the_default(tmp_path):
     assert dataset[0]["image"].float().mean() > 10
     # an images folder inside data.root (synthetic sets) wins; data.image_dir overrides both
     os.makedirs(tmp_path / "data" / "images")
-    assert build_dataset(_config(tmp_path / "data"), "validation").image_dir == \
+    blank = "data.blank_images=true"  # (the folder is empty)
+    assert build_dataset(_config(tmp_path / "data", blank), "validation").image_dir == \
         os.path.join(str(tmp_path / "data"), "images")
-    other = build_dataset(_config(tmp_path / "data", f"data.image_dir={tmp_path / 'images'}"),
-                          "validation")
+    other = build_dataset(_config(tmp_path / "data", blank,
+                                  f"data.image_dir={tmp_path / 'images'}"), "validation")
     assert other.image_dir == str(tmp_path / "images")
 
 

@@ -228,3 +228,35 @@ def test_random_frozen_trunk_passes_image_content_on():
     for level in maps:
         assert 0.05 < float(level.std()) < 50.0
     assert not torch.allclose(maps[0], other[0])
+
+
+def test_levels_are_the_branch_outputs_of_the_first_stage4_module():
+    """Level 0 is the final fused output; levels 1-3 are what the branches of stage 4's first
+    module return, before its fuse layers (DESIGN 2.1), not the maps handed to stage 4."""
+    torch.manual_seed(0)
+    model = build_image_encoder("hrnet_32", None, frozen=True, width=4)
+    captured = {}
+    first = model.stage4[0]
+    for index, branch in enumerate(first.branches):
+        branch.register_forward_pre_hook(
+            lambda _, args, i=index: captured.__setitem__(("in", i), args[0].clone()))
+        branch.register_forward_hook(
+            lambda _, __, out, i=index: captured.__setitem__(("out", i), out.clone()))
+    model.stage4[-1].register_forward_hook(
+        lambda _, __, out: captured.__setitem__("final", out[0].clone()))
+    with torch.no_grad():
+        maps = model(torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(maps[0], captured["final"])
+    for level in (1, 2, 3):
+        assert torch.equal(maps[level], captured[("out", level)])
+        assert (maps[level] - captured[("in", level)]).abs().max() > 0.1 * maps[level].std()
+
+
+def test_weights_from_checkpoint_skips_the_file_and_the_calibration(recwarn):
+    model = build_image_encoder("hrnet_32", "data/nowhere/pose_hrnet_w32.pth", frozen=True,
+                                width=4, weights_from_checkpoint=True)
+    assert not recwarn.list
+    assert model.frozen and not any(p.requires_grad for p in model.parameters())
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.count_nonzero(m.running_mean) == 0 and torch.all(m.running_var == 1)
+               for m in norms)

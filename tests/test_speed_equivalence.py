@@ -23,8 +23,7 @@ from datasets.transforms import prepare_batch
 from models.flip_test import predict
 from benchmarks import throughput
 from models import build_model
-from models.deformable_attention import (sample_level, sample_then_project,
-                                         samples_are_smaller)
+from models.deformable_attention import samples_are_smaller
 from models.hrnet import HRNet
 from models.speed import prepare_model_for_speed, to_channels_last
 from models.text_encoder import PromptedTextEncoder
@@ -50,9 +49,9 @@ def _tiny_model(overrides=(), state=None):
 
 @torch.no_grad()
 def _exercise(model, seed=5):
-    """Pose-network weights away from their initial values, so every path matters: non-zero
-    value-projection biases (sampled partly across the border), non-uniform attention weights,
-    moving reference points. (The frozen random HRNet's batch norm is calibrated by the builder,
+    """Pose-network weights away from their initial values, so every path matters: changed
+    sample-projection biases (carried by samples inside and outside the maps), non-uniform
+    attention weights, moving reference points. (The frozen random HRNet's batch norm is calibrated by the builder,
     so its maps are of order one.)"""
     generator = torch.Generator().manual_seed(seed)
     encoder_ids = {id(p) for p in model.image_encoder.parameters()}
@@ -146,74 +145,31 @@ def test_uncached_text_matches_cached_and_recomputes():
 # Deformable sampling: projection after sampling, and the whole model
 
 
-def _sampling_case(dtype, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    batch, channels, height, width, tokens, heads, points, head_dim = 2, 5, 7, 6, 9, 3, 4, 2
-    feature = torch.randn(batch, channels, height, width, generator=generator, dtype=dtype)
-    weight = torch.randn(heads * head_dim, channels, 1, 1, generator=generator, dtype=dtype)
-    bias = torch.randn(heads * head_dim, generator=generator, dtype=dtype)
-    # inside, across the border (the bias is only partly sampled there) and fully outside
-    locations = (torch.rand(batch, tokens, heads, points, 2, generator=generator, dtype=dtype)
-                 * 2 - 1) * 1.4
-    locations[:, 0, :, :, 0] = 1.0 + 0.1 * torch.rand(batch, heads, points, generator=generator,
-                                                      dtype=dtype) / width
-    weights = torch.randn(batch, tokens, heads, points, generator=generator, dtype=dtype)
-    return feature, weight, bias, locations, weights
-
-
-def _project_then_sample(feature, weight, bias, locations, weights):
-    heads = locations.shape[2]
-    value = nn.functional.conv2d(feature, weight, bias)
-    return sample_level(value.view(value.shape[0], heads, -1, *value.shape[-2:]), locations,
-                        weights)
-
-
-@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_sample_then_project_matches_projected_map(dtype, tolerance):
-    """Values and the gradients of all five inputs, including points near and beyond the
-    border (relative to the largest magnitude)."""
-    case = _sampling_case(dtype)
-    out_grad = torch.randn(2, 9, 6, dtype=dtype, generator=torch.Generator().manual_seed(3))
-    results = []
-    for function in (_project_then_sample, sample_then_project):
-        inputs = [tensor.clone().requires_grad_() for tensor in case]
-        out = function(*inputs)
-        out.backward(out_grad)
-        results.append([out.detach()] + [tensor.grad for tensor in inputs])
-    for name, got, want in zip(("out", "feature", "weight", "bias", "locations", "weights"),
-                               results[1], results[0]):
-        assert _relative(got, want) < tolerance, name
-
-
-def test_sample_then_project_gradcheck():
-    feature, weight, bias, locations, weights = _sampling_case(torch.float64, seed=4)
-    inputs = [feature[:1, :2, :3, :4], weight[:, :2], bias, locations[:1, :3, :, :2],
-              weights[:1, :3, :, :2]]
-    inputs = [tensor.detach().clone().requires_grad_() for tensor in inputs]
-    assert torch.autograd.gradcheck(sample_then_project, inputs, eps=1e-6, atol=1e-6)
-
-
 def test_tiny_config_exercises_both_sampling_orders():
     """The whole-model test below covers both orders only if the tiny maps mix them."""
     config = load_config(TINY)
     height, width = config.data.image_size
     model = config.model
-    dim, heads, points = model.embed_dim, model.deform_heads, model.deform_points
+    heads, points = model.deform_heads, model.deform_points
+    head_dim = model.embed_dim // heads
     channels = [model.image_encoder.width * 2 ** level for level in range(4)]
     sizes = [(-(-height // 2 ** (level + 2)), -(-width // 2 ** (level + 2))) for level in range(4)]
-    orders = [samples_are_smaller(c, h, w, dim, 17, heads, points)
+    orders = [samples_are_smaller(c, h, w, head_dim, 17, heads, points)
               for c, (h, w) in zip(channels, sizes)]
     assert any(orders) and not all(orders), orders
 
 
+@pytest.mark.parametrize("convention", ["published", "pixel_centre"])
 @pytest.mark.parametrize("fast_overrides", [("speed.sample_then_project=false",), ()],
                          ids=["batched", "batched+sample_then_project"])
-def test_fast_sampling_whole_model_matches_reference(fast_overrides):
-    """MetaPose (tiny configuration) with the fast sampling paths against the reference path:
-    the same weights give the same evaluation output and the same gradients of every trainable
-    parameter (float64: relative 1e-10; float32 output: relative 1e-5)."""
-    reference = _exercise(_tiny_model(PLAIN_SAMPLING))
-    fast = _tiny_model(fast_overrides, state=reference.state_dict())
+def test_fast_sampling_whole_model_matches_reference(fast_overrides, convention):
+    """MetaPose (tiny configuration) with the fast sampling paths against the reference path,
+    under both grid conventions: the same weights give the same evaluation output and the same
+    gradients of every trainable parameter (float64: relative 1e-10; float32 output: relative
+    1e-5)."""
+    grid = (f"model.grid_convention={convention}",)
+    reference = _exercise(_tiny_model(PLAIN_SAMPLING + grid))
+    fast = _tiny_model(fast_overrides + grid, state=reference.state_dict())
     images, keypoints_2d, crop, actions = _inputs(dtype=torch.float64)
     with torch.no_grad():
         assert min(float(m.abs().mean()) for m in reference.double().encode_images(images)) > 0.05
@@ -238,12 +194,13 @@ def test_fast_sampling_whole_model_matches_reference(fast_overrides):
     assert _relative(single[1], single[0]) < 1e-5
 
 
-def test_crop_grid_conversion_is_unchanged():
-    """The sync-free conversion (Python scalars) equals the former tensor-of-sizes formula
-    bit for bit."""
+def test_crop_grid_conversion_formulas():
+    """The sync-free conversion (Python scalars) equals the tensor-of-sizes formulas bit for
+    bit: pixel_centre (x + 0.5) / 96 - 1 and published x / 96 - 1 (y over 128)."""
     crop = torch.rand(4, 17, 2, generator=torch.Generator().manual_seed(0)) * 300 - 20
-    former = (crop + 0.5) / torch.tensor([float(CROP_WIDTH), float(CROP_HEIGHT)]) * 2.0 - 1.0
-    assert torch.equal(crop_pixels_to_grid(crop), former)
+    half = torch.tensor([CROP_WIDTH / 2.0, CROP_HEIGHT / 2.0])
+    assert torch.equal(crop_pixels_to_grid(crop, "pixel_centre"), (crop + 0.5) / half - 1.0)
+    assert torch.equal(crop_pixels_to_grid(crop, "published"), crop / half - 1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,7 +328,7 @@ def test_compile_keeps_modules_and_checkpoint_keys():
     compiled = prepare_model_for_speed(_tiny_model(("speed.compile=true",)),
                                        load_config(TINY, ["speed.compile=true"]), "cpu")
     assert list(compiled.state_dict()) == keys
-    assert type(compiled.spatial) is type(model.spatial)
+    assert type(compiled.pose_net) is type(model.pose_net)
     compiled.load_state_dict(model.state_dict())
 
 

@@ -198,7 +198,7 @@ def test_loader_reads_the_output(crops):
     np.testing.assert_allclose(labels["joints_3d"], np.stack([e["joints_3d"] for e in entries]),
                                atol=1e-6)
     dataset = h36m.H36MDataset(labels, os.path.join(out, "images"), image_size=(256, 192))
-    assert dataset.image_mode == "auto" and len(dataset) == VAL
+    assert dataset.image_mode == "cropped" and len(dataset) == VAL
     sample = dataset[3]
     assert tuple(sample["image"].shape) == (3, 256, 192)
     assert float(sample["joints_3d"][0].abs().max()) == 0.0

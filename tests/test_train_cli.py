@@ -109,7 +109,7 @@ def test_training_writes_every_artefact(baseline):
     last = load(os.path.join(baseline, "checkpoints", "last.pt"))
     best = load(os.path.join(baseline, "checkpoints", "best.pt"))
     assert last["epoch"] == 2 and last["batches_done"] == 0 and not last["eval_pending"]
-    assert best["best_p1"] == min(m["p1"] for m in metrics) == last["best_p1"]
+    assert best["best_score"] == min(m["p1"] for m in metrics) == last["best_score"]
     assert best["epoch"] == min(metrics, key=lambda m: m["p1"])["epoch"]
     assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.002 * 0.99 ** 2)
     assert len(last["rng_states"]) == 1 and last["config"]["train"]["epochs"] == 2
@@ -167,7 +167,7 @@ def test_resume_after_stop_and_sigterm_is_exact(workspace, baseline):
     for key, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][key][name]), (key, name)
-    assert a["scheduler"] == b["scheduler"] and a["best_p1"] == b["best_p1"]
+    assert a["scheduler"] == b["scheduler"] and a["best_score"] == b["best_score"]
 
 
 def test_fresh_start_never_overwrites_a_run(workspace, baseline):

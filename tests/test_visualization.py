@@ -170,10 +170,11 @@ def test_visualize_tool_with_stand_in_model_and_data(tmp_path, monkeypatch):
     # Imported before `models` and `datasets` are replaced below.
     import datasets.transforms  # noqa: F401
     import models.flip_test  # noqa: F401
+    import models.published_checkpoint  # noqa: F401
     from tools.visualize import main
 
     monkeypatch.setitem(sys.modules, "models",
-                        types.SimpleNamespace(build_model=lambda config: _FakePoseModel()))
+                        types.SimpleNamespace(build_model=lambda config, **kwargs: _FakePoseModel()))
     monkeypatch.setitem(sys.modules, "datasets",
                         types.SimpleNamespace(build_dataset=lambda config, split: _FakeDataset()))
     config = os.path.join(REPO, "experiments", "tests", "tiny.yaml")

@@ -1,11 +1,16 @@
-"""Command line for datasets.synthetic: writes a synthetic H36M set (labels + JPEGs) to a folder.
+"""Command line for the synthetic data sets: writes labels + JPEGs in the real format to a folder.
 
     python tools/make_synthetic.py --out data/synthetic --train-frames 2000 --val-frames 500 \
         --seed 0
     python tools/make_synthetic.py --out data/synthetic_full ... --full-frames   # 1000x1002 frames
+    python tools/make_synthetic.py --dataset mpi_inf_3dhp --out data/synthetic_3dhp \
+        --train-frames 2000 --val-frames 500 --seed 0
 
-Writes OUT/h36m_train.pkl, OUT/h36m_validation.pkl and OUT/images/<sequence>/<sequence>_<frame>.jpg
-in the format of the real data (DESIGN 1.1); point data.root at OUT to train on it.
+H36M (the default, datasets/synthetic.py) writes OUT/h36m_train.pkl, OUT/h36m_validation.pkl and
+OUT/images/<sequence>/<sequence>_<frame>.jpg in the format of the real data (DESIGN 1.1).
+MPI-INF-3DHP (datasets/synthetic_3dhp.py) writes OUT/data_train_3dhp.npz, OUT/data_test_3dhp.npz
+(CA-PF's layout, DESIGN 9; --val-frames counts valid test frames) and 256x192 crops under
+OUT/images. Point data.root at OUT to train on it.
 """
 
 import argparse
@@ -14,8 +19,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.synthetic import generate_synthetic  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
+from utils.errors import MetaPoseError  # noqa: E402
 
 
 def _int_at_least(minimum, what):
@@ -37,13 +42,17 @@ _seed = _int_at_least(0, "a non-negative integer")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Write a synthetic H36M data set (label pickles and JPEG images in the real "
-                    "format) for running MetaPose without the real data.")
+        description="Write a synthetic H36M or MPI-INF-3DHP data set (labels and JPEG images in "
+                    "the real format) for running MetaPose without the real data.")
+    parser.add_argument("--dataset", choices=("h36m", "mpi_inf_3dhp"), default="h36m",
+                        help="which data set to imitate (default h36m)")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--train-frames", type=_positive_int, default=2000,
-                        help="training entries, subjects 1,5,6,7,8 (default 2000)")
+                        help="training entries: H36M subjects 1,5,6,7,8 / 3DHP S1-S8 camera "
+                             "frames (default 2000)")
     parser.add_argument("--val-frames", type=_positive_int, default=500,
-                        help="validation entries, subjects 9,11 (default 500)")
+                        help="validation entries: H36M subjects 9,11 / valid 3DHP test frames of "
+                             "TS1-TS6 (default 500)")
     parser.add_argument("--seed", type=_seed, default=0,
                         help="random seed; the same arguments give identical files (default 0)")
     parser.add_argument("--full-frames", action="store_true",
@@ -53,6 +62,16 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.dataset == "mpi_inf_3dhp":
+        from datasets.synthetic_3dhp import generate_synthetic_3dhp
+
+        if args.full_frames:
+            raise MetaPoseError("--full-frames is for --dataset h36m: the synthetic "
+                                "MPI-INF-3DHP set is written as 256x192 crops (CA-PF's layout).")
+        generate_synthetic_3dhp(args.out, args.train_frames, args.val_frames, args.seed)
+        return 0
+    from datasets.synthetic import generate_synthetic
+
     generate_synthetic(args.out, args.train_frames, args.val_frames, args.seed,
                        full_frames=args.full_frames)
     return 0

@@ -26,24 +26,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.labels import load_labels  # noqa: E402
 from datasets.precrop import CropJob, cut_crops  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import positive_int, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 
 SPLIT_FILES = {"train": "h36m_train.pkl", "validation": "h36m_validation.pkl"}
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _quality(text):
-    value = _positive_int(text)
+    value = positive_int(text)
     if value > 100:
         raise argparse.ArgumentTypeError(f"JPEG quality must be 1..100, got {text!r}")
     return value
@@ -60,7 +50,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", required=True, help="folder the crops go to")
     parser.add_argument("--splits", default="train,validation",
                         help="comma-separated splits to crop (default: train,validation)")
-    parser.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                         help="parallel processes (default: one per CPU)")
     parser.add_argument("--quality", type=_quality, default=95, help="JPEG quality (default 95)")
     parser.add_argument("--cache-dir", help="label cache folder (default: next to the pickles)")

@@ -76,7 +76,7 @@ from datasets.files import atomic_output  # noqa: E402
 from datasets.label_writer import LabelPickleWriter  # noqa: E402
 from datasets.precrop import CropJob, cut_crops  # noqa: E402
 from datasets.synthetic import image_name  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import positive_int, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 from utils.skeleton import (  # noqa: E402
     ALL_SUBJECTS, NUM_JOINTS, TRAIN_SUBJECTS, VALIDATION_SUBJECTS,
@@ -626,16 +626,6 @@ def _subjects(text):
     return subjects
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Convert the raw Human3.6M release into MetaPose label pickles (DESIGN 1.1).",
@@ -653,9 +643,9 @@ def parse_args(argv=None):
     parser.add_argument("--crop", action="store_true",
                         help="also write the 256x192 person crops of the frames")
     parser.add_argument("--crop-dir", help="where --crop writes (default: images/ beside OUT)")
-    parser.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
                         help="processes cutting crops (default: one per CPU)")
-    parser.add_argument("--subsample", type=_positive_int, default=1,
+    parser.add_argument("--subsample", type=positive_int, default=1,
                         help="keep every N-th frame (default 1: all frames)")
     parser.add_argument("--subjects", type=_subjects, default=list(ALL_SUBJECTS),
                         help="comma-separated subjects (default 1,5,6,7,8,9,11)")

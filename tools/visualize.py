@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
-from utils.checkpoint import extract_state_dict, load_checkpoint, load_model_weights  # noqa: E402
+from utils.checkpoint import load_checkpoint, load_model_state, load_model_weights  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
@@ -26,7 +26,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="experiment YAML the checkpoint was trained with")
     parser.add_argument("--checkpoint", required=True,
-                        help="engine checkpoint (dict with 'model') or a raw model state_dict")
+                        help="engine checkpoint (dict with 'model'), a raw model state_dict, or "
+                             "a checkpoint of the published train.py")
     parser.add_argument("--out", required=True, help="PNG file to write")
     parser.add_argument("--num", type=int, default=4, help="frames to draw, evenly spaced over the split")
     parser.add_argument("--split", default="validation", choices=("validation", "train"))
@@ -35,10 +36,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
-def sample_title(sample):
-    action = ACTION_NAMES.get(int(sample["action"]), f"action {int(sample['action'])}")
-    parts = [action]
-    if "subject" in sample:
+def sample_title(sample, sequence_names=None):
+    """'Directions S9 #12' (H36M), or 'TS3 #12' for datasets that name sequences (3DHP)."""
+    if sequence_names is not None and "sequence" in sample:
+        parts = [sequence_names[int(sample["sequence"])]]
+    else:
+        parts = [ACTION_NAMES.get(int(sample["action"]), f"action {int(sample['action'])}")]
+    if "subject" in sample and sequence_names is None:
         parts.append(f"S{int(sample['subject'])}")
     if "index" in sample:
         parts.append(f"#{int(sample['index'])}")
@@ -55,7 +59,8 @@ def main(argv=None):
         raise MetaPoseError(f"--device {args.device} was asked for but CUDA is not available; "
                             "use --device cpu.")
 
-    state = extract_state_dict(load_checkpoint(args.checkpoint), args.checkpoint)
+    # Any checkpoint: this project's, a plain state dict, or the published train.py's.
+    state, info = load_model_state(load_checkpoint(args.checkpoint), args.checkpoint)
 
     # Imported here: they are heavy, and input errors should not wait for them.
     from datasets import build_dataset
@@ -64,8 +69,8 @@ def main(argv=None):
     from models import build_model
     from utils.visualization import save_samples_png
 
-    model = build_model(config)
-    load_model_weights(model, state, args.checkpoint)
+    model = build_model(config, weights_from_checkpoint=True)
+    load_model_weights(model, state, args.checkpoint, info)
     model.to(device).eval()
 
     dataset = build_dataset(config, args.split)
@@ -88,7 +93,7 @@ def main(argv=None):
             "keypoints_crop": sample["keypoints_2d_crop"],
             "pred_3d": pred,
             "gt_3d": sample["joints_3d"],
-            "title": sample_title(sample),
+            "title": sample_title(sample, getattr(dataset, "sequence_names", None)),
         })
     try:
         save_samples_png(args.out, drawings)

@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes, safe loading (weights_only) and clear errors for bad files."""
 
+import hashlib
 import os
 import pickle
 import re
@@ -45,6 +46,11 @@ def _atomic_write(path, write):
         os.close(directory_handle)
 
 
+def atomic_write(path, write):
+    """Calls write(binary file object) and puts the result at `path` atomically."""
+    _atomic_write(path, write)
+
+
 def atomic_write_text(path, text):
     """Writes `text` (UTF-8) to `path` atomically."""
     _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
@@ -56,6 +62,15 @@ def atomic_copy(source, destination):
         with open(source, "rb") as input_file:
             shutil.copyfileobj(input_file, file, length=16 * 1024 * 1024)
     _atomic_write(destination, write)
+
+
+def file_sha256(path):
+    """Hex SHA-256 of the file `path` (recorded with files converted or imported from it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_checkpoint(obj, path):
@@ -140,14 +155,39 @@ def extract_state_dict(checkpoint, path="checkpoint"):
     return state
 
 
-def load_model_weights(model, state_dict, path="checkpoint"):
+def load_model_state(checkpoint, path="checkpoint"):
+    """The model weights of a loaded file in this project's layout, and what the file is.
+
+    checkpoint: what load_checkpoint returned: a MetaPose training or weights checkpoint, a
+        plain state dict, or a file written by the authors' published train.py (detected by its
+        keys and converted in memory, models/published_checkpoint.py).
+    Returns (state_dict, models.published_checkpoint.CheckpointInfo); pass both to
+    load_model_weights after building the model (models.build_model(config,
+    weights_from_checkpoint=True)).
+    """
+    from models.published_checkpoint import (CheckpointInfo, convert_published_checkpoint,
+                                             is_published_checkpoint)
+
+    if is_published_checkpoint(checkpoint):
+        return convert_published_checkpoint(checkpoint, path)
+    state = extract_state_dict(checkpoint, path)
+    epoch = checkpoint.get("epoch") if "model" in checkpoint else None
+    return state, CheckpointInfo(epoch=epoch if isinstance(epoch, int) else None)
+
+
+def load_model_weights(model, state_dict, path="checkpoint", info=None):
     """Copies `state_dict` into `model` strictly, with a MetaPoseError naming the first problem.
 
+    info: the CheckpointInfo of load_model_state; for a converted published file the messages
+    use the file's names and say which encoder flags the file needs.
     Raises:
         MetaPoseError for keys missing from the file, keys the model does not have, or the first
         key whose shape differs (with both shapes), e.g. a checkpoint of another image encoder.
     """
     expected = model.state_dict()
+    if info is not None and info.published:
+        from models.published_checkpoint import check_published_fits
+        check_published_fits(expected, state_dict, info, path)
     for key, value in expected.items():
         if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape):
             raise MetaPoseError(

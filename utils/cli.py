@@ -1,5 +1,6 @@
 """Entry-point wrapper: user-input errors become one `error: ...` line and exit status 2."""
 
+import argparse
 import os
 import sys
 
@@ -52,3 +53,14 @@ def run_cli(main, argv=None):
         print("error: interrupted", file=sys.stderr, flush=True)
         sys.exit(130)
     sys.exit(0 if status is None else status)
+
+
+def positive_int(text):
+    """An argparse type: an integer >= 1, else a message that names the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

@@ -24,15 +24,36 @@ NULLABLE_TYPES = {
 }
 
 CHOICES = {
+    "data.dataset": ("h36m", "mpi_inf_3dhp"),
     "data.image_mode": ("auto", "cropped", "full"),
     "data.keypoints_2d": ("cpn", "gt"),
     "model.image_encoder.type": ("hrnet_32", "hrnet_48"),
     "model.text_encoder.type": ("ViT-B/32", "ViT-L/14"),
     "model.text_encoder.mode": ("joint", "joint_action"),
+    "model.text_encoder.layout": ("published", "sot_first"),
     "speed.amp": ("none", "bf16", "fp16"),
+    "model.grid_convention": ("published", "pixel_centre"),
+    "model.alignment.eval_noise": ("mean", "fixed"),
+    "train.flip_mode": ("sample", "batch"),
 }
 
 BASE_KEY = "_base_"
+
+
+def safe_load_yaml(path, kind):
+    """yaml.safe_load of the file `path`; bad YAML or an unreadable file is a MetaPoseError that
+    names the `kind` of file (e.g. "config file"), the path and the line."""
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise MetaPoseError(f"{kind} '{path}' is not valid YAML{where}: {problem}. "
+                            "Fix the syntax there (indentation, colons, quotes).") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise MetaPoseError(f"{kind} '{path}' cannot be read ({error}).") from None
 
 
 def _read_yaml(path):
@@ -40,17 +61,7 @@ def _read_yaml(path):
         raise MetaPoseError(
             f"config file '{path}' does not exist. Pass an existing YAML file with --config, "
             "for example experiments/synthetic/demo.yaml or experiments/human36m/human36m.yaml.")
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            content = yaml.safe_load(handle)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise MetaPoseError(f"config file '{path}' is not valid YAML{where}: {problem}. "
-                            "Fix the syntax there (indentation, colons, quotes).") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise MetaPoseError(f"config file '{path}' cannot be read ({error}).") from None
+    content = safe_load_yaml(path, "config file")
     if content is None:
         return {}
     if not isinstance(content, dict):

@@ -2,18 +2,46 @@
 
 import torch
 
+from utils.errors import MetaPoseError
 from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 
 
-def crop_pixels_to_grid(keypoints_crop):
+# How crop pixels become grid_sample coordinates (DESIGN 2.3 and 2.9), and the align_corners
+# flag every grid_sample of the network then uses:
+#   published     gx = x / 96 - 1, gy = y / 128 - 1 with align_corners=True (the authors' code:
+#                 -1/+1 are the centres of the border pixels of each map, so the same crop point
+#                 lands up to ~0.6 feature pixels away from where it is, and x -> 191 - x is not
+#                 g -> -g);
+#   pixel_centre  gx = (x + 0.5) / 96 - 1, gy = (y + 0.5) / 128 - 1 with align_corners=False
+#                 (-1/+1 are the outer edges of the crop on every level; the mirror is exact).
+GRID_CONVENTIONS = ("published", "pixel_centre")
+
+
+def check_grid_convention(convention):
+    """Raises MetaPoseError unless `convention` is one of GRID_CONVENTIONS."""
+    if convention not in GRID_CONVENTIONS:
+        raise MetaPoseError(f"model.grid_convention is {convention!r}; use one of "
+                            f"{', '.join(GRID_CONVENTIONS)} (DESIGN 2.9).")
+
+
+def grid_align_corners(convention):
+    """The `align_corners` of every grid_sample under `convention` (True for published)."""
+    check_grid_convention(convention)
+    return convention == "published"
+
+
+def crop_pixels_to_grid(keypoints_crop, convention="pixel_centre"):
     """Crop pixels (..., 2) (x in [0,192), y in [0,256), pixel centres at integers) to the
-    normalised grid coordinates of `grid_sample(align_corners=False)`: -1 and +1 are the outer
-    edges of the crop, whatever the resolution of the feature map. Mirroring x -> 191 - x in
-    pixels is exactly g -> -g here, so flips commute with feature sampling.
+    normalised (x, y) coordinates that grid_sample reads with `grid_align_corners(convention)`;
+    one grid point is the same crop point on every feature level whatever its resolution.
+    With pixel_centre, mirroring x -> 191 - x in pixels is exactly g -> -g, so flips commute
+    with feature sampling; with published it is not (the published defect, DESIGN 2.9).
     """
+    check_grid_convention(convention)
+    shift = 0.5 if convention == "pixel_centre" else 0.0
     # Python scalars, not a tensor of the sizes: building one on a GPU waits for the device.
-    x = (keypoints_crop[..., 0] + 0.5) / CROP_WIDTH * 2.0 - 1.0
-    y = (keypoints_crop[..., 1] + 0.5) / CROP_HEIGHT * 2.0 - 1.0
+    x = (keypoints_crop[..., 0] + shift) / CROP_WIDTH * 2.0 - 1.0
+    y = (keypoints_crop[..., 1] + shift) / CROP_HEIGHT * 2.0 - 1.0
     return torch.stack([x, y], dim=-1)
 
 

@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from utils.metric_set import MetricSet
 from utils.skeleton import ACTION_IDS, ACTION_NAMES, FIRST_ACTION_ID, NUM_ACTIONS
 
 
@@ -70,8 +71,9 @@ def p_mpjpe(pred, target):
     return mpjpe(procrustes_align(pred, target), target.double())
 
 
-class ActionErrorAccumulator:
-    """Sums Protocol #1 and #2 errors (millimetres) per H36M action over an evaluation.
+class ActionErrorAccumulator(MetricSet):
+    """Sums Protocol #1 and #2 errors (millimetres) per H36M action over an evaluation: the H36M
+    metric set (utils/metric_set.py); its score is P1, lower is better.
 
     The running state is one float64 tensor (3, 15): rows are the P1 sum, the P2 sum and the
     frame count, columns the actions 2..16 (sub-actions merged). States of several processes
@@ -79,8 +81,16 @@ class ActionErrorAccumulator:
     with the result; every frame then counts exactly once overall.
     """
 
+    score_key = "p1"
+    score_label = "P1"
+    lower_is_better = True
+
     def __init__(self, device="cpu"):
-        self._state = torch.zeros(3, NUM_ACTIONS, dtype=torch.float64, device=device)
+        super().__init__(torch.zeros(3, NUM_ACTIONS, dtype=torch.float64, device=device))
+
+    def update_batch(self, pred, target, batch):
+        """Adds a batch of the engine (actions from batch["action"])."""
+        self.update(pred, target, batch["action"])
 
     def update(self, pred, target, actions):
         """Adds a batch.
@@ -110,21 +120,6 @@ class ActionErrorAccumulator:
         ])                                                            # (3, B)
         self._state.index_add_(1, columns, values)
 
-    def state(self):
-        """A copy of the running sums, float64 (3, 15) on the accumulator's device."""
-        return self._state.clone()
-
-    def load_state(self, state):
-        """Replaces the running sums, e.g. with the all-reduced sum over processes."""
-        self._state = state.detach().to(self._state).clone()
-
-    def merge(self, state):
-        """Adds another accumulator's `state()` to this one."""
-        self._state += state.detach().to(self._state)
-
-    def reset(self):
-        self._state.zero_()
-
     def summary(self):
         """The evaluation result, errors in millimetres.
 
@@ -152,6 +147,26 @@ class ActionErrorAccumulator:
             p1 = p2 = math.nan
         frames = sum(v["frames"] for v in per_action.values())
         return {"p1": p1, "p2": p2, "frames": frames, "per_action": per_action}
+
+    def record(self, summary):
+        return {key: summary[key] for key in ("p1", "p2", "frames", "per_action")}
+
+    def format_table(self, summary):
+        return format_table(summary)
+
+    def scalars(self, summary):
+        values = {"val/p1_mm": summary["p1"], "val/p2_mm": summary["p2"]}
+        for name, per_action in summary["per_action"].items():
+            values[f"val_p1_per_action/{name}"] = per_action["p1"]
+        return values
+
+    def headline(self, summary):
+        return (f"P1 {summary['p1']:.2f} mm  P2 {summary['p2']:.2f} mm  "
+                f"({summary['frames']} frames)")
+
+    def describe(self, batch, position):
+        action = int(batch["action"][position])
+        return f"frame {int(batch['index'][position])} ({ACTION_NAMES.get(action, action)})"
 
 
 def format_table(summary):

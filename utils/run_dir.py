@@ -112,9 +112,11 @@ def record_metrics(paths, record, keep_until_epoch=None):
     atomic_write_text(paths.metrics, "".join(line + "\n" for line in lines))
 
 
-def metrics_record(summary, epoch):
-    return {"epoch": epoch, "p1": summary["p1"], "p2": summary["p2"], "frames": summary["frames"],
-            "per_action": summary["per_action"]}
+def metrics_record(summary, epoch, metric_set):
+    """The metrics.jsonl / eval.json object: the epoch and the fields the metric set keeps (H36M:
+    p1, p2, frames, per_action; MPI-INF-3DHP: pck, auc, mpjpe, frames, per_scene,
+    per_sequence)."""
+    return {"epoch": epoch, **metric_set.record(summary)}
 
 
 def record_run(paths, config, args):

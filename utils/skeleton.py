@@ -40,25 +40,6 @@ ACTION_IDS = tuple(sorted(ACTION_NAMES))
 FIRST_ACTION_ID = ACTION_IDS[0]
 NUM_ACTIONS = len(ACTION_IDS)
 
-# One sentence per action for the joint_action prompts (DESIGN 2.2).
-ACTION_DESCRIPTIONS = {
-    2: "a person pointing and giving directions",
-    3: "a person talking and gesturing in a discussion",
-    4: "a person eating while seated",
-    5: "a person waving hello to greet someone",
-    6: "a person holding a phone to the ear",
-    7: "a person posing for a picture",
-    8: "a person walking and carrying purchases",
-    9: "a person sitting on a chair",
-    10: "a person sitting down onto the floor",
-    11: "a person smoking a cigarette",
-    12: "a person taking a photo with a camera",
-    13: "a person standing and waiting",
-    14: "a person walking",
-    15: "a person walking a dog on a leash",
-    16: "a person walking together with another person",
-}
-
 TRAIN_SUBJECTS = (1, 5, 6, 7, 8)
 VALIDATION_SUBJECTS = (9, 11)
 ALL_SUBJECTS = TRAIN_SUBJECTS + VALIDATION_SUBJECTS

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from utils import distributed as dist_utils
-from utils.checkpoint import (atomic_copy, extract_state_dict, load_checkpoint, load_model_weights,
+from utils.checkpoint import (atomic_copy, load_checkpoint, load_model_state, load_model_weights,
                               save_checkpoint)
 from utils.errors import MetaPoseError
 from utils.run_dir import git_commit
@@ -18,7 +18,7 @@ CHECKPOINT_FORMAT = "metapose-training-checkpoint-v1"
 class TrainState:
     epoch: int = 0                # completed epochs
     batches_done: int = 0         # batches of epoch `epoch` trained before an interruption
-    best_p1: float = math.inf
+    best_score: float = None      # best score of the metric set so far (H36M P1, 3DHP MPJPE)
     eval_pending: bool = False    # epoch `epoch` finished but its evaluation was interrupted
     rng_states: list = None
 
@@ -34,7 +34,7 @@ def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, 
         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler else None,
         "epoch": state.epoch, "batches_done": state.batches_done,
-        "eval_pending": state.eval_pending, "best_p1": state.best_p1,
+        "eval_pending": state.eval_pending, "best_score": state.best_score,
         "config": json.loads(json.dumps(config)),
         "world_size": dist_utils.world_size(), "batch_size": config.train.batch_size,
         "rng_states": rng_states, "git_commit": git_commit(),
@@ -44,26 +44,32 @@ def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, 
         atomic_copy(paths.last, paths.best)
 
 
-def load_weights(model, checkpoint, path, config, logger):
-    """Copies the weights of a loaded `checkpoint` into `model`. When the checkpoint records the
-    config it was trained with, a mismatch error also names the model settings that differ (and
-    a checkpoint that fits in spite of such differences is loaded with a warning)."""
+def load_weights(model, checkpoint, path, config, logger, converted=None):
+    """Copies the weights of a loaded `checkpoint` into `model` (a file of the published
+    train.py is converted in memory first). When the checkpoint records the config it was
+    trained with, a mismatch error also names the model settings that differ (and a checkpoint
+    that fits in spite of such differences is loaded with a warning). converted: the
+    (state_dict, info) of load_model_state when already computed. Returns the info."""
     saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     changed = []
     if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
         changed = [key for key in _changed_keys(saved["model"],
                                                 json.loads(json.dumps(config.model)), "model.")
                    if ".pretrained " not in key]  # initial weights do not matter once loaded
+    state, info = converted or load_model_state(checkpoint, path)
     try:
-        load_model_weights(model, extract_state_dict(checkpoint, path), path)
+        load_model_weights(model, state, path, info)
     except MetaPoseError as error:
         if not changed:
             raise
         raise MetaPoseError(f"{error} The checkpoint was saved with other model settings: "
                             f"{', '.join(changed)}.") from None
+    if info.published:
+        logger.info("'%s': %s", path, info.summary())
     if changed:
         logger.warning("'%s' was saved with other model settings (%s); its weights fit this "
                        "model and are used", path, ", ".join(changed))
+    return info
 
 
 def find_resume_checkpoint(paths, logger):
@@ -104,8 +110,9 @@ def resume_training(path, model, optimizer, scheduler, scaler, config, logger, c
     scheduler.load_state_dict(checkpoint["scheduler"])
     if scaler is not None and checkpoint.get("scaler"):
         scaler.load_state_dict(checkpoint["scaler"])
+    best = checkpoint.get("best_score", checkpoint.get("best_p1"))  # best_p1: older checkpoints
     state = TrainState(epoch=checkpoint["epoch"], batches_done=checkpoint["batches_done"],
-                       best_p1=checkpoint["best_p1"], eval_pending=checkpoint["eval_pending"],
+                       best_score=best, eval_pending=checkpoint["eval_pending"],
                        rng_states=checkpoint["rng_states"])
     changed = _changed_keys(checkpoint["config"], json.loads(json.dumps(config)))
     if changed:
@@ -118,10 +125,15 @@ def resume_training(path, model, optimizer, scheduler, scaler, config, logger, c
                        checkpoint["world_size"], checkpoint["batch_size"],
                        dist_utils.world_size(), config.train.batch_size)
         state.batches_done = 0
-    logger.info("resumed from '%s': %d epoch(s) done%s, lr %.3g, best P1 %.2f mm", path,
+    logger.info("resumed from '%s': %d epoch(s) done%s, lr %.3g, best score %s", path,
                 state.epoch, f" + {state.batches_done} batches" if state.batches_done else "",
-                optimizer.param_groups[0]["lr"], state.best_p1)
+                optimizer.param_groups[0]["lr"], score_text(state.best_score))
     return state
+
+
+def score_text(score):
+    """A best score for log lines: '41.30', or 'none' before the first evaluation."""
+    return "none" if score is None or math.isinf(score) else f"{score:.2f}"
 
 
 def _changed_keys(old, new, prefix=""):

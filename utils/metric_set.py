@@ -1,0 +1,100 @@
+"""The metric-set interface: what evaluation needs from a dataset's metrics. engine.evaluate and
+train.py use nothing else, so the loops stay dataset-agnostic; each dataset names its own set
+(H36M: utils/metrics.py, MPI-INF-3DHP: utils/metrics_3dhp.py)."""
+
+import math
+
+
+class MetricSet:
+    """Accumulates one evaluation pass and presents its result.
+
+    The running state is one float64 tensor of sums and counts (`state()`), so the element-wise
+    SUM of the states of all processes is the state of the whole pass: the engine all-reduces it
+    and calls `load_state`, and every frame counts exactly once whatever the number of processes.
+
+    Class attributes:
+        score_key: the summary key that is "the" score (checkpoints/best.pt keeps the best one).
+        score_label: its name in log lines, e.g. "P1".
+        lower_is_better: whether a smaller score is better.
+    """
+
+    score_key = None
+    score_label = None
+    lower_is_better = True
+
+    def __init__(self, state):
+        self._state = state
+
+    # -- accumulation (subclasses) ---------------------------------------------------------
+
+    def update_batch(self, pred, target, batch):
+        """Adds a batch: pred, target (B, 17, 3) root-relative metres in H36M joint order (CPU);
+        batch: the collated sample dict (the metrics read what else they need, e.g. actions)."""
+        raise NotImplementedError
+
+    def summary(self):
+        """The result: a JSON-serialisable dict with "frames" and the score key."""
+        raise NotImplementedError
+
+    # -- presentation (subclasses) ---------------------------------------------------------
+
+    def record(self, summary):
+        """The fields of `summary` that metrics.jsonl and eval.json keep."""
+        raise NotImplementedError
+
+    def format_table(self, summary):
+        """The multi-line text table of `summary` for the log."""
+        raise NotImplementedError
+
+    def scalars(self, summary):
+        """{TensorBoard tag: value} of `summary`."""
+        raise NotImplementedError
+
+    def headline(self, summary):
+        """One line with the main figures of `summary`."""
+        raise NotImplementedError
+
+    def describe(self, batch, position):
+        """Title of sample `position` of `batch` in the figures drawn at evaluation."""
+        return f"frame {int(batch['index'][position])}"
+
+    # -- shared ----------------------------------------------------------------------------
+
+    def is_better(self, score, best):
+        """Whether `score` beats `best` (None or NaN: nothing to beat yet; a NaN score never
+        wins)."""
+        if score is None or math.isnan(score):
+            return False
+        if best is None or math.isnan(best):
+            return True
+        return score < best if self.lower_is_better else score > best
+
+    def state(self):
+        """A copy of the running sums (float64 tensor on the accumulator's device)."""
+        return self._state.clone()
+
+    def load_state(self, state):
+        """Replaces the running sums, e.g. with the all-reduced sum over processes."""
+        self._state = state.detach().to(self._state).clone()
+
+    def merge(self, state):
+        """Adds another accumulator's `state()` to this one."""
+        self._state += state.detach().to(self._state)
+
+    def reset(self):
+        self._state.zero_()
+
+
+def metric_set_for(dataset):
+    """A fresh metric set for evaluating `dataset`: its own (`dataset.metric_set()`), or the H36M
+    per-action metrics for a dataset without one (H36MDataset, and any dataset of samples in the
+    H36M convention with H36M action ids). Wrappers that keep the dataset as `.dataset`
+    (EpochSyncedDataset, Subset) are looked through."""
+    while not hasattr(dataset, "metric_set") and hasattr(dataset, "dataset"):
+        dataset = dataset.dataset
+    factory = getattr(dataset, "metric_set", None)
+    if factory is not None:
+        return factory()
+    from utils.metrics import ActionErrorAccumulator
+
+    return ActionErrorAccumulator()
