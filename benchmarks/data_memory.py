@@ -2,8 +2,8 @@
 
 Writes a synthetic label pickle of --frames entries, then iterates a DataLoader with --workers
 workers over (a) H36MDataset on the memory-mapped columns and (b) a naive dataset holding the
-unpickled list of dicts, and prints each worker's RSS / USS / PSS (MB) after the first batch and
-at the end. Images are blank so only the labels are measured.
+unpickled list of dicts, and prints each worker's RSS / USS / PSS and private dirty memory (MB)
+after the first batch and at the end. Images are blank so only the labels are measured.
 
     python -m benchmarks.data_memory --frames 100000 --workers 2
 """
@@ -41,6 +41,19 @@ class _ListOfDicts(torch.utils.data.Dataset):
                 "action": entry["action"], "image": torch.zeros(3, 8, 6, dtype=torch.uint8)}
 
 
+def _private_dirty_mb(pid):
+    """Private_Dirty of a process (MB): its own copies, unlike clean file pages (the memory-mapped
+    columns it read, which the page cache shares and can drop); None where /proc lacks it."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Private_Dirty:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _worker_memory():
     rows = []
     for child in psutil.Process().children(recursive=True):
@@ -48,7 +61,8 @@ def _worker_memory():
             info = child.memory_full_info()
         except psutil.Error:
             continue
-        rows.append((child.pid, info.rss / 2**20, info.uss / 2**20, info.pss / 2**20))
+        rows.append((child.pid, info.rss / 2**20, info.uss / 2**20, info.pss / 2**20,
+                     _private_dirty_mb(child.pid)))
     return rows
 
 
@@ -64,9 +78,10 @@ def _measure(name, dataset, workers, batch_size):
     end = _worker_memory() or end
     seconds = time.perf_counter() - began
     print(f"{name}: {len(dataset)} frames, {seconds:.1f} s")
-    for (pid, rss0, uss0, pss0), (_, rss1, uss1, pss1) in zip(start, end):
+    for (pid, rss0, uss0, pss0, dirty0), (_, rss1, uss1, pss1, dirty1) in zip(start, end):
         print(f"  worker {pid}: RSS {rss0:7.1f} -> {rss1:7.1f} MB   USS {uss0:7.1f} -> "
-              f"{uss1:7.1f} MB   PSS {pss0:7.1f} -> {pss1:7.1f} MB")
+              f"{uss1:7.1f} MB   PSS {pss0:7.1f} -> {pss1:7.1f} MB   private dirty "
+              f"{dirty0:6.1f} -> {dirty1:6.1f} MB")
 
 
 def main():

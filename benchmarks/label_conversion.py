@@ -142,6 +142,17 @@ def write_tool_layout(path, entries):
             writer.write_recording(recording)
 
 
+def peak_rss_bytes():
+    """This process's peak resident memory (VmHWM). Unlike getrusage's ru_maxrss, which after
+    fork + exec keeps the parent's peak, it counts this program only."""
+    with open("/proc/self/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _load_step(pickle_path, cache_dir, repo):
     """Runs in a fresh process: one load_labels call; prints a JSON line of its figures."""
     sys.path.insert(0, repo)
@@ -157,7 +168,7 @@ def _load_step(pickle_path, cache_dir, repo):
     seconds = time.perf_counter() - start
     frames = len(columns["image"])
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    peak, cpu = usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime
+    peak, cpu = peak_rss_bytes(), usage.ru_utime + usage.ru_stime
     after = psutil.Process().memory_info().rss
     repeat = time.perf_counter()
     load_labels(pickle_path, cache_dir=cache_dir)

@@ -14,6 +14,7 @@ import contextlib
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +27,14 @@ from tests.fake_h36m_release import write_fake_release  # noqa: E402
 from tools import precrop_h36m, prepare_h36m  # noqa: E402
 
 
+# runs a tool's main and prints its own peak RSS (bytes) last on stderr
+_RUN_TOOL = ("import runpy, sys\nsys.argv = sys.argv[1:]\nsys.path.insert(0, '.')\n"
+             "from benchmarks.label_conversion import peak_rss_bytes\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit:\n    pass\n"
+             "print('peak', peak_rss_bytes(), file=sys.stderr)")
+
+
 def prepare_speed(folder, frames):
     recordings = {}
     for subject, layout in ((1, "official"), (9, "toolbox")):
@@ -35,15 +44,17 @@ def prepare_speed(folder, frames):
     raw = os.path.join(folder, "raw")
     write_fake_release(raw, recordings, frames, images=False)
     start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        counts = prepare_h36m.prepare(raw, os.path.join(folder, "data"),
-                                      os.path.join(raw, "cameras.h5"),
-                                      os.path.join(raw, prepare_h36m.CPN_FILE), None, None, 1,
-                                      [1, 9])
+    result = subprocess.run([sys.executable, "-c", _RUN_TOOL, os.path.join(ROOT, "tools",
+                             "prepare_h36m.py"), "--raw", raw, "--out",
+                             os.path.join(folder, "data"), "--subjects", "1,9", "--workers", "1"],
+                            capture_output=True, text=True, check=True, cwd=ROOT)
     seconds = time.perf_counter() - start
-    total = sum(counts.values())
+    peak = float(result.stderr.strip().splitlines()[-1].split()[-1]) / 2 ** 30
+    total = sum(int(line.split()[1].replace(",", "")) for line in result.stdout.splitlines()
+                if line.startswith(("train:", "validation:")))
     print(f"prepare_h36m: {total:,} frames ({len(recordings) * 60} recordings of {frames} frames, "
-          f"CPN, cameras.h5) in {seconds:.1f} s: {total / seconds:,.0f} frames/s")
+          f"CPN, cameras.h5) in {seconds:.1f} s with the interpreter's start: "
+          f"{total / seconds:,.0f} frames/s; peak RSS {peak:.2f} GiB")
 
 
 def precrop_speed(folder, crops, workers):
