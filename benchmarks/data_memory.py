@@ -2,8 +2,8 @@
 
 Writes a synthetic label pickle of --frames entries, then iterates a DataLoader with --workers
 workers over (a) H36MDataset on the memory-mapped columns and (b) a naive dataset holding the
-unpickled list of dicts, and prints each worker's RSS / USS / PSS (MB) after the first batch and
-at the end. Images are blank so only the labels are measured.
+unpickled list of dicts, and prints each worker's RSS / USS / PSS and private dirty memory (MB)
+after the first batch and at the end. Images are blank so only the labels are measured.
 
     python -m benchmarks.data_memory --frames 100000 --workers 2
 """
@@ -19,30 +19,9 @@ import psutil
 import torch
 
 from datasets.h36m import H36MDataset
+from benchmarks.label_conversion import write_tool_layout
+from datasets.label_cache import RACY_SECONDS
 from datasets.labels import _return_freed_memory, load_labels
-
-
-def _write_pickle(path, frames, seed=0):
-    rng = np.random.default_rng(seed)
-    joints_3d = rng.normal(0, 0.3, size=(frames, 17, 3)) + np.array([0, 0, 5.0])
-    joints_2d = rng.normal(0, 0.5, size=(frames, 4, 17, 2))
-    camera = {"R": np.eye(3), "T": np.zeros((3, 1)), "fx": 1145.0, "fy": 1144.0, "cx": 512.5,
-              "cy": 515.4, "k": np.zeros((3, 1)), "p": np.zeros((2, 1))}
-    entries = []
-    for i in range(frames):
-        folder = f"s_01_act_{2 + i % 15:02d}_subact_01_ca_{1 + i % 4:02d}"
-        entries.append({
-            "image": f"{folder}/{folder}_{i + 1:06d}.jpg", "joints_3d": joints_3d[i].copy(),
-            "joints_2d_gt": joints_2d[i, 0].copy(), "joints_2d_cpn": joints_2d[i, 1].copy(),
-            "joints_2d_gt_crop": joints_2d[i, 2].copy(),
-            "joints_2d_cpn_crop": joints_2d[i, 3].copy(), "joints_vis": np.ones((17, 3)),
-            "subject": 1, "action": 2 + i % 15, "subaction": 1, "camera_id": i % 4,
-            "image_id": i + 1, "video_id": 0, "camera": dict(camera),
-            "center": np.array([500.0, 500.0]), "scale": np.array([2.0, 2.0]),
-            "box": np.array([300.0, 300, 700, 700]), "source": "h36m", "nposes": frames,
-        })
-    with open(path, "wb") as handle:
-        pickle.dump(entries, handle, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 class _ListOfDicts(torch.utils.data.Dataset):
@@ -62,6 +41,19 @@ class _ListOfDicts(torch.utils.data.Dataset):
                 "action": entry["action"], "image": torch.zeros(3, 8, 6, dtype=torch.uint8)}
 
 
+def _private_dirty_mb(pid):
+    """Private_Dirty of a process (MB): its own copies, unlike clean file pages (the memory-mapped
+    columns it read, which the page cache shares and can drop); None where /proc lacks it."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Private_Dirty:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _worker_memory():
     rows = []
     for child in psutil.Process().children(recursive=True):
@@ -69,7 +61,8 @@ def _worker_memory():
             info = child.memory_full_info()
         except psutil.Error:
             continue
-        rows.append((child.pid, info.rss / 2**20, info.uss / 2**20, info.pss / 2**20))
+        rows.append((child.pid, info.rss / 2**20, info.uss / 2**20, info.pss / 2**20,
+                     _private_dirty_mb(child.pid)))
     return rows
 
 
@@ -85,9 +78,10 @@ def _measure(name, dataset, workers, batch_size):
     end = _worker_memory() or end
     seconds = time.perf_counter() - began
     print(f"{name}: {len(dataset)} frames, {seconds:.1f} s")
-    for (pid, rss0, uss0, pss0), (_, rss1, uss1, pss1) in zip(start, end):
+    for (pid, rss0, uss0, pss0, dirty0), (_, rss1, uss1, pss1, dirty1) in zip(start, end):
         print(f"  worker {pid}: RSS {rss0:7.1f} -> {rss1:7.1f} MB   USS {uss0:7.1f} -> "
-              f"{uss1:7.1f} MB   PSS {pss0:7.1f} -> {pss1:7.1f} MB")
+              f"{uss1:7.1f} MB   PSS {pss0:7.1f} -> {pss1:7.1f} MB   private dirty "
+              f"{dirty0:6.1f} -> {dirty1:6.1f} MB")
 
 
 def main():
@@ -99,7 +93,8 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "h36m_train.pkl")
-        _write_pickle(path, args.frames)
+        write_tool_layout(path, args.frames)  # label entries as tools/prepare_h36m.py writes
+        time.sleep(RACY_SECONDS)  # a pickle younger than this is hashed at every start
         _return_freed_memory()  # the generated entries, so the numbers below are the loader's
         rss_mb = psutil.Process().memory_info().rss / 2**20
         print(f"main process RSS before loading {rss_mb:.0f} MB")

@@ -58,6 +58,24 @@ def _check_3dhp_settings(config):
             "experiments/mpi_inf_3dhp/mpi_inf_3dhp.yaml does.")
 
 
+def resolve_image_dir(data):
+    """(folder, how it was chosen) for the images of `config.data`.
+
+    `data.image_dir` set: that folder (relative to data.root, or absolute). Left at null: the
+    `images` folder inside data.root when it exists (synthetic sets, older layouts), otherwise the
+    published layout: `images/` beside the data.root folder (with data.root = data, the
+    repository's top-level images/).
+    """
+    if data.image_dir is not None:
+        return os.path.join(data.root, data.image_dir), f"data.image_dir={data.image_dir!r}"
+    inside = os.path.join(data.root, "images")
+    if os.path.isdir(inside):
+        return inside, "data.image_dir=null: the images folder inside data.root"
+    beside = os.path.join(os.path.dirname(os.path.abspath(data.root)), "images")
+    return beside, (f"data.image_dir=null: no '{os.path.abspath(inside)}', so the published "
+                    "layout, images/ beside data.root")
+
+
 def build_dataset(config, split, rank=0):
     """The dataset of `split` ("train" or "validation") as configured by `config.data`:
     an H36MDataset, or an MPIINF3DHPDataset with `data.dataset: mpi_inf_3dhp` (validation = the
@@ -84,7 +102,8 @@ def build_dataset(config, split, rank=0):
             f"label file '{label_file}' ({split} split{_NAMES[kind]}) does not exist. "
             f"{_PREPARE_HINTS[kind]}, or set data.synthetic.enabled=true to generate one into "
             "data.root; data.root, data.train_file and data.val_file locate the file.")
-    options = dict(image_dir=os.path.join(data.root, data.image_dir), image_mode=data.image_mode,
+    image_dir, origin = resolve_image_dir(data)
+    options = dict(image_dir=image_dir, image_mode=data.image_mode,
                    image_size=tuple(data.image_size), train=train,
                    # flip_mode batch: the engine flips whole batches (batch_flip_decision)
                    flip_prob=(config.train.flip_prob
@@ -105,7 +124,9 @@ def build_dataset(config, split, rank=0):
         labels = load_labels(label_file, cache_dir=data.cache_dir)
         if len(labels["image"]) == 0:
             raise MetaPoseError(f"label file '{label_file}' ({split} split) has no frames.")
-        dataset = H36MDataset(labels, keypoints_2d=data.keypoints_2d, **options)
-    logger.info("%s split: %d frames from '%s' (%s images)", split, len(dataset), label_file,
-                "blank" if data.blank_images else dataset.image_mode)
+        dataset = H36MDataset(labels, keypoints_2d=data.keypoints_2d, image_dir_origin=origin,
+                              **options)
+    logger.info("%s split: %d frames from '%s' (%s images%s)", split, len(dataset), label_file,
+                "blank" if data.blank_images else dataset.image_mode,
+                "" if data.blank_images else f" from '{os.path.abspath(image_dir)}'")
     return dataset

@@ -6,7 +6,8 @@ import os
 import numpy as np
 import torch
 
-from datasets.images import crop_from_full_frame, read_image, resize_image
+from datasets.images import (crop_from_full_frame, is_crop_image, read_image, resize_image,
+                             unsafe_image_path)
 from utils.errors import MetaPoseError
 from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 
@@ -19,8 +20,17 @@ _BATCH_FLIP_DOMAIN = 0xBA7C4F11B  # the whole-batch flips of train.flip_mode=bat
 _MAX_CONSECUTIVE_BAD = 100
 
 
-class _ImageModeMismatch(MetaPoseError):
-    """A configuration error, raised even with skip_bad_images (it concerns every frame)."""
+class _ConfigurationError(MetaPoseError):
+    """Raised even with skip_bad_images: it concerns the configuration or the labels, not one
+    unreadable image."""
+
+
+class _ImageModeMismatch(_ConfigurationError):
+    """An image whose size contradicts data.image_mode."""
+
+
+class _UnsafeImagePath(_ConfigurationError):
+    """A label image path that would leave the image folder."""
 
 
 def flip_decision(seed, epoch, index, flip_prob, domain=_FLIP_DOMAIN):
@@ -58,20 +68,27 @@ class H36MDataset(torch.utils.data.Dataset):
 
     def __init__(self, labels, image_dir, image_mode="auto", image_size=(CROP_HEIGHT, CROP_WIDTH),
                  keypoints_2d="cpn", train=False, flip_prob=0.5, seed=0, blank_images=False,
-                 skip_bad_images=False, source="labels"):
+                 skip_bad_images=False, source="labels", image_dir_origin=None):
         """
         Args:
             labels: columns from `datasets.labels.load_labels`.
-            image_dir: folder the label `image` paths are relative to.
+            image_dir: folder the label `image` paths are relative to (must exist unless
+                blank_images).
             image_mode: "cropped" (stored 256x192 crops), "full" (full frames cropped here with
-                center/scale) or "auto" (decided from the first image's size).
+                center/scale) or "auto" (decided for every image from its own size: exactly
+                256x192 is a crop, anything else a full frame).
             image_size: (height, width) of the returned images.
             keypoints_2d: "cpn" (detected) or "gt" 2D joints.
             train: draw `flip` with `flip_prob` from (seed, epoch, index); eval never flips.
             blank_images: return zero images without reading any file (ablation).
-            skip_bad_images: drop frames whose image is missing (checked now) or corrupt
-                (found while loading: the next good frame is returned instead); False raises.
+            skip_bad_images: frames whose image is missing are dropped now (counted in
+                `num_skipped`). An image that fails while loading (corrupt, truncated) is
+                replaced by the next good frame in training; in evaluation (train=False) the
+                frame keeps its own labels and gets an all-zero image, so that every
+                validation frame is counted exactly once (counted in
+                `num_skipped_while_loading`). False raises instead.
             source: the label file, for messages.
+            image_dir_origin: how `image_dir` was chosen (a config key), for messages.
         """
         if image_mode not in IMAGE_MODES:
             raise ValueError(f"image_mode must be one of {IMAGE_MODES}, got {image_mode!r}")
@@ -80,6 +97,8 @@ class H36MDataset(torch.utils.data.Dataset):
                              f"got {keypoints_2d!r}")
         self.labels = labels
         self.image_dir = image_dir
+        self.requested_image_mode = image_mode  # what decides, for every image
+        self.image_mode = image_mode  # with "auto": what the first image is, for reports
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.keypoints_2d = keypoints_2d
         self.train = bool(train)
@@ -90,52 +109,76 @@ class H36MDataset(torch.utils.data.Dataset):
         self.source = source
         self.epoch = 0
         self.num_skipped = 0  # frames dropped at construction (missing images)
-        self.num_skipped_while_loading = 0  # corrupt images met in __getitem__ (this process)
+        self.num_skipped_while_loading = 0  # unreadable images met in __getitem__ (this process)
         self._bad_positions = set()
 
+        if not self.blank_images and not os.path.isdir(image_dir):
+            origin = image_dir_origin or "data.root and data.image_dir"
+            raise MetaPoseError(
+                f"image folder '{os.path.abspath(image_dir)}' does not exist (chosen by "
+                f"{origin}) for the labels of '{source}'. Put the images there (the published "
+                "layout: images/<sequence>/<sequence>_<frame>.jpg beside the data/ folder), or "
+                "set data.image_dir to the folder that holds them.")
         self.frames = np.arange(len(labels["image"]), dtype=np.int64)
         if self.skip_bad_images and not self.blank_images:
             self._drop_missing_images()
         if len(self.frames) == 0:
             raise MetaPoseError(f"label file '{source}' has no frames to use.")
-        self.image_mode = image_mode
         if image_mode == "auto" and not self.blank_images:
-            self.image_mode = self._detect_image_mode()
+            self.image_mode = self._first_image_mode()
 
     # -- construction helpers -------------------------------------------------------------
 
     def image_path(self, frame):
-        """Absolute-or-relative path of the image of label row `frame`."""
-        return os.path.join(self.image_dir, self.labels["image"][frame].decode("utf-8"))
+        """Path of the image of label row `frame`: inside `image_dir`, never outside it."""
+        relative = self.labels["image"][frame].decode("utf-8", "replace")
+        problem = unsafe_image_path(relative)
+        if problem is not None:
+            raise _UnsafeImagePath(
+                f"label file '{self.source}': row {int(frame)} has the image path {relative!r}, "
+                f"which {problem}; image paths must be relative to the image folder. Re-create "
+                "the labels with tools/prepare_h36m.py.")
+        return os.path.join(self.image_dir, relative)
 
     def _drop_missing_images(self):
+        """skip_bad_images: training drops the frames whose image is missing; evaluation keeps
+        them (all-zero images at load time) so that every validation frame counts once."""
         exists = np.fromiter((os.path.isfile(self.image_path(f)) for f in self.frames),
                              dtype=bool, count=len(self.frames))
         self.num_skipped = int((~exists).sum())
         if self.num_skipped == len(self.frames):
             raise MetaPoseError(
                 f"none of the {len(self.frames)} images of '{self.source}' exist under "
-                f"'{self.image_dir}' (first: '{self.image_path(self.frames[0])}'). Check "
-                "data.root and data.image_dir.")
-        if self.num_skipped:
-            first = self.image_path(self.frames[np.argmin(exists)])
+                f"'{os.path.abspath(self.image_dir)}' (first: '{self.image_path(self.frames[0])}'). "
+                "Check data.root and data.image_dir.")
+        if not self.num_skipped:
+            return
+        first = self.image_path(self.frames[np.argmin(exists)])
+        if self.train:
             logger.warning("skipping %d of %d frames of '%s' whose image is missing (first: '%s')",
                            self.num_skipped, len(self.frames), self.source, first)
             self.frames = self.frames[exists]
+        else:
+            logger.warning("%d of %d frames of '%s' have no image (first: '%s'); they are "
+                           "evaluated with all-zero images so that every frame counts once",
+                           self.num_skipped, len(self.frames), self.source, first)
+            self._bad_positions.update(np.flatnonzero(~exists).tolist())
 
-    def _detect_image_mode(self):
-        """'cropped' when the first readable image has the crop's 4:3 portrait shape."""
+    def _first_image_mode(self):
+        """'cropped' or 'full' after the first readable image (reported; with image_mode auto
+        every image is still decided on its own)."""
         for position in range(min(len(self.frames), _MAX_CONSECUTIVE_BAD)):
             path = self.image_path(self.frames[position])
             try:
-                height, width = read_image(path).shape[:2]
+                image = read_image(path)
             except MetaPoseError:
                 if not self.skip_bad_images:
                     raise
                 continue
-            mode = "cropped" if height * CROP_WIDTH == width * CROP_HEIGHT else "full"
-            logger.info("image_mode auto: '%s' is %dx%d (HxW), using %s images", path, height,
-                        width, mode)
+            mode = "cropped" if is_crop_image(image) else "full"
+            logger.info("image_mode auto: '%s' is %dx%d (HxW), a %s; every image is decided by "
+                        "its own size", path, image.shape[0], image.shape[1],
+                        "crop" if mode == "cropped" else "full frame")
             return mode
         raise MetaPoseError(f"none of the first {_MAX_CONSECUTIVE_BAD} images of '{self.source}' "
                             f"under '{self.image_dir}' can be read.")
@@ -153,36 +196,55 @@ class H36MDataset(torch.utils.data.Dataset):
         """(H, W, 3) uint8 RGB at image_size for label row `frame`."""
         path = self.image_path(frame)
         image = read_image(path)
-        if self.image_mode == "full":
-            labels = self.labels
-            image = crop_from_full_frame(image, labels["center"][frame], labels["scale"][frame])
-        elif image.shape[0] * CROP_WIDTH != image.shape[1] * CROP_HEIGHT:
+        crop = is_crop_image(image)
+        mode = self.requested_image_mode
+        if mode == "full" and crop:
+            raise _ImageModeMismatch(
+                f"image '{path}' is {CROP_HEIGHT}x{CROP_WIDTH} (HxW), the size of a stored crop, "
+                "but data.image_mode is full, which would crop it again with the full-frame box. "
+                "Set data.image_mode=auto (decides per image) or cropped.")
+        if mode == "cropped" and image.shape[0] * CROP_WIDTH != image.shape[1] * CROP_HEIGHT:
             raise _ImageModeMismatch(
                 f"image '{path}' is {image.shape[0]}x{image.shape[1]} (HxW) but data.image_mode "
                 f"is cropped, which expects {CROP_HEIGHT}x{CROP_WIDTH} crops. Set "
-                "data.image_mode=full for full frames (or auto).")
+                "data.image_mode=full for full frames (or auto, which decides per image).")
+        if mode == "full" or (mode == "auto" and not crop):
+            center, scale = self.labels["center"][frame], self.labels["scale"][frame]
+            if not (np.isfinite(center).all() and np.isfinite(scale).all() and scale[0] > 0):
+                raise _ImageModeMismatch(
+                    f"image '{path}' is a {image.shape[0]}x{image.shape[1]} (HxW) full frame, but "
+                    f"row {int(frame)} of '{self.source}' has no person box (center {center}, "
+                    f"scale {scale}) to crop it with. Use the 256x192 crops, or re-create the "
+                    "labels with the preparation tool.")
+            image = crop_from_full_frame(image, center, scale)
         return resize_image(image, self.image_size)
 
     def _load(self, position):
-        """(position, image) of the first frame at or after `position` whose image reads."""
+        """(position, image) for `position`: its own image, or with skip_bad_images the next
+        good frame (training) or an all-zero image for the same frame (evaluation)."""
         if self.blank_images:
             return position, np.zeros(self.image_size + (3,), dtype=np.uint8)
         last_error = None
         for attempt in range(_MAX_CONSECUTIVE_BAD):
             candidate = (position + attempt) % len(self.frames)
             if candidate in self._bad_positions:
+                if not self.train:  # every validation frame counts once, with its own labels
+                    return position, np.zeros(self.image_size + (3,), dtype=np.uint8)
                 continue
             try:
                 return candidate, self._image(self.frames[candidate])
             except MetaPoseError as error:
-                if not self.skip_bad_images or isinstance(error, _ImageModeMismatch):
+                if not self.skip_bad_images or isinstance(error, _ConfigurationError):
                     raise
                 last_error = error
                 self._bad_positions.add(candidate)
                 self.num_skipped_while_loading += 1
-                logger.warning("skipping frame %d of '%s' (%d skipped while loading in this "
-                               "process): %s", candidate, self.source,
-                               self.num_skipped_while_loading, error)
+                logger.warning("%s frame %d of '%s' (%d unreadable images met while loading in "
+                               "this process): %s",
+                               "skipping" if self.train else "evaluating with a blank image",
+                               candidate, self.source, self.num_skipped_while_loading, error)
+                if not self.train:  # every validation frame counts once, with its own labels
+                    return position, np.zeros(self.image_size + (3,), dtype=np.uint8)
         raise MetaPoseError(f"{_MAX_CONSECUTIVE_BAD} consecutive images of '{self.source}' from "
                             f"position {position} cannot be read under '{self.image_dir}' "
                             f"(last: {last_error}).")

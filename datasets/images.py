@@ -1,16 +1,22 @@
 """JPEG reading and the person crop of DESIGN 1.1: full frame -> 192x256 crop pixels.
 
 Pixel convention everywhere (full frames and crops): integer coordinates are pixel centres, so
-pixel (0, 0) covers [-0.5, 0.5]^2 and a W-wide image spans [-0.5, W - 0.5]. The crop maps the
-box `center` to the centre of the crop, ((192 - 1) / 2, (256 - 1) / 2), and `scale[0] * 200`
-full-frame pixels onto the 192 crop pixels; mirroring the crop is exactly x -> 191 - x.
+pixel (0, 0) covers [-0.5, 0.5]^2 and a W-wide image spans [-0.5, W - 0.5]. The crop is the map
+the H36M-Toolbox (and Context-Aware PoseFormer) cut their crops and `*_crop` joints with: the box
+`center` goes to the centre of the crop, ((192 - 1) / 2, (256 - 1) / 2) = (95.5, 127.5), and the
+zoom is (192 - 1) / (S - 1) with S = scale[0] * 200 full-frame pixels, so the first and last of
+the box's S pixel centres land on crop pixels 0 and 191. `crop_affine` is the only definition of
+that map: the synthetic generator, the loader's on-the-fly crop, tools/prepare_h36m.py and
+tools/precrop_h36m.py all call it. Mirroring the crop is exactly x -> 191 - x.
 """
 
 import os
+import stat
 
 import cv2
 import numpy as np
 
+from datasets.files import atomic_write_bytes
 from utils.errors import MetaPoseError
 from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 
@@ -19,18 +25,62 @@ from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 cv2.setNumThreads(1)
 
 
+def unsafe_image_path(relative):
+    """Why the label image path `relative` (str) may not be used, or None when it is fine.
+
+    A label's `image` must name a file inside the image folder: relative, with no `..`
+    component and no NUL byte (a pickle must not make the loader read /etc/passwd or
+    ../../anything). Both / and \\ count as separators.
+    """
+    if not relative:
+        return "is empty"
+    if "\0" in relative:
+        return "contains a NUL byte"
+    if relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
+        return "is an absolute path"
+    if ".." in relative.replace("\\", "/").split("/"):
+        return "contains a '..' component that leaves the image folder"
+    return None
+
+
+def _read_regular_file(path):
+    """The bytes of `path` if it is a regular file. Opened without blocking and checked with
+    fstat before reading, so that a FIFO cannot hang a worker and a device (/dev/zero) is never
+    read; raises OSError, or MetaPoseError for anything that is not a regular file."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    handle = os.open(path, flags)
+    try:
+        info = os.fstat(handle)
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(info.st_mode) else
+                    "a FIFO" if stat.S_ISFIFO(info.st_mode) else
+                    "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else
+                    "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+            raise MetaPoseError(
+                f"image '{path}' is {kind}, not a regular file; refusing to read it. Label image "
+                "paths must name JPEG files inside the image folder; replace the entry or the "
+                "file (or set data.skip_bad_images=true to drop such frames).")
+        with os.fdopen(handle, "rb", closefd=True) as stream:
+            handle = None
+            return stream.read()
+    finally:
+        if handle is not None:
+            os.close(handle)
+
+
 def read_image(path):
     """(H, W, 3) uint8 RGB pixels of the JPEG (or PNG) at `path`.
 
     Raises:
-        MetaPoseError naming the file when it is missing, unreadable, a truncated JPEG or cannot
-        be decoded. (The bytes are read here and decoded from memory, so that OpenCV and libjpeg
+        MetaPoseError naming the file when it is missing, unreadable, not a regular file (a
+        FIFO, device or folder: never opened for reading), a truncated JPEG or cannot be
+        decoded. (The bytes are read here and decoded from memory, so that OpenCV and libjpeg
         print nothing to stderr for such files.)
     """
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        data = np.frombuffer(_read_regular_file(path), dtype=np.uint8)
     except OSError as error:
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             raise MetaPoseError(
                 f"image '{path}' does not exist. Check data.root and data.image_dir, or set "
                 "data.skip_bad_images=true to drop frames whose image is missing.") from None
@@ -61,17 +111,21 @@ def _truncated_jpeg(data):
 
 
 def crop_affine(center, scale, out_w=CROP_WIDTH, out_h=CROP_HEIGHT):
-    """(2, 3) float64 affine matrix from full-frame pixels to crop pixels (no rotation).
+    """(2, 3) float64 affine matrix from full-frame pixels to crop pixels (the toolbox's map).
 
     Args:
         center: (x, y) box centre in full-frame pixels.
-        scale: (w/200, h/200) box size; only the width sets the zoom (aspect preserved).
+        scale: (w/200, h/200) box size; only the width S = scale[0] * 200 px sets the zoom
+            (aspect preserved, no rotation). S must exceed one pixel.
         out_w, out_h: crop size in pixels (192 x 256).
     Returns:
         M with crop = M @ (x, y, 1): `center` -> ((out_w-1)/2, (out_h-1)/2) and a zoom of
-        out_w / (scale[0] * 200) crop pixels per full-frame pixel.
+        (out_w - 1) / (S - 1) crop pixels per full-frame pixel.
     """
-    zoom = out_w / (float(scale[0]) * 200.0)
+    size = float(scale[0]) * 200.0
+    if not size > 1.0:
+        raise ValueError(f"box width scale[0] * 200 = {size} px must exceed 1 px")
+    zoom = (out_w - 1.0) / (size - 1.0)
     return np.array([
         [zoom, 0.0, (out_w - 1) / 2.0 - zoom * float(center[0])],
         [0.0, zoom, (out_h - 1) / 2.0 - zoom * float(center[1])],
@@ -105,3 +159,27 @@ def resize_image(image, size_hw):
     shrink = height <= image.shape[0] and width <= image.shape[1]
     return cv2.resize(image, (width, height),
                       interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def is_crop_image(image):
+    """Whether an (H, W, ...) image is a stored person crop: exactly 256 x 192 (H x W)."""
+    return image.shape[:2] == (CROP_HEIGHT, CROP_WIDTH)
+
+
+def write_crop_file(frame_path, crop_path, center, scale, quality=95):
+    """Cuts the 256x192 crop of the full frame `frame_path` with `crop_affine` and writes it as
+    a JPEG to `crop_path` atomically (never a half-written file under that name).
+
+    Raises:
+        MetaPoseError when the frame cannot be read (see `read_image`) or the crop not written.
+    """
+    crop = crop_from_full_frame(read_image(frame_path), center, scale)
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise MetaPoseError(f"cannot encode the crop of '{frame_path}' as JPEG.")
+    try:
+        atomic_write_bytes(crop_path, encoded.tobytes())
+    except OSError as error:
+        raise MetaPoseError(f"cannot write the crop '{crop_path}' ({error}); check that the "
+                            "output folder is writable and has space.") from None

@@ -31,7 +31,7 @@ _H36M_HINT = ("Re-create the file with tools/prepare_h36m.py (real H36M) or "
               "tools/make_synthetic.py (synthetic data).")
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class RestrictedUnpickler(pickle.Unpickler):
     """Refuses every global outside `_ALLOWED` before anything is called."""
 
     def __init__(self, handle, path, hint=_H36M_HINT, **kwargs):
@@ -62,7 +62,7 @@ def _has_numpy_core_private():
 
 def _load(handle, path, encoding):
     handle.seek(0)
-    return _RestrictedUnpickler(handle, path, encoding=encoding).load()
+    return RestrictedUnpickler(handle, path, encoding=encoding).load()
 
 
 def unpickle_stream_safely(handle, source, hint):
@@ -77,7 +77,7 @@ def unpickle_stream_safely(handle, source, hint):
         MetaPoseError when the stream names a global outside the allow-list (nothing is run);
         pickle's own errors (EOFError, UnpicklingError, ...) for a damaged stream.
     """
-    return _RestrictedUnpickler(handle, source, hint=hint, encoding="latin1").load()
+    return RestrictedUnpickler(handle, source, hint=hint, encoding="latin1").load()
 
 
 def load_pickle_safely(path):
@@ -91,11 +91,7 @@ def load_pickle_safely(path):
         MetaPoseError naming the file when it is missing, unreadable, truncated or corrupt, or
         when it names any other global (for example os.system): then nothing in it is executed.
     """
-    if not os.path.isfile(path):
-        raise MetaPoseError(
-            f"label file '{path}' does not exist. Check data.root and data.train_file / "
-            "data.val_file, create real labels with tools/prepare_h36m.py, or a synthetic set "
-            "with tools/make_synthetic.py.")
+    require_label_file(path)
     gc_was_enabled = gc.isenabled()
     gc.disable()  # millions of new containers would trigger many useless collections (2-4x slower)
     try:
@@ -106,15 +102,32 @@ def load_pickle_safely(path):
                 return _load(handle, path, "latin1")
     except MetaPoseError:
         raise
-    except OSError as error:
-        reason = f"it cannot be read ({error})"
-    except EOFError:
-        reason = "it ends early (truncated; was the copy or download interrupted?)"
     except Exception as error:  # pickle reports corruption with many exception types
-        reason = f"it is not a valid pickle ({type(error).__name__}: {error})"
+        failure = error
     finally:
         if gc_was_enabled:
             gc.enable()
-    raise MetaPoseError(
-        f"label file '{path}' cannot be loaded: {reason}. Re-create it with "
-        "tools/prepare_h36m.py (real H36M) or tools/make_synthetic.py (synthetic data).")
+    raise MetaPoseError(unpickling_failure(path, failure)) from None
+
+
+def require_label_file(path):
+    """Raises the MetaPoseError for a label file that does not exist."""
+    if not os.path.isfile(path):
+        raise MetaPoseError(
+            f"label file '{path}' does not exist. Check data.root and data.train_file / "
+            "data.val_file, create real labels with tools/prepare_h36m.py, or a synthetic set "
+            "with tools/make_synthetic.py.")
+
+
+def unpickling_failure(path, error):
+    """The message for a label file that cannot be unpickled (`error`: exception or text)."""
+    if isinstance(error, str):
+        reason = error
+    elif isinstance(error, OSError):
+        reason = f"it cannot be read ({error})"
+    elif isinstance(error, EOFError):
+        reason = "it ends early (truncated; was the copy or download interrupted?)"
+    else:
+        reason = f"it is not a valid pickle ({type(error).__name__}: {error})"
+    return (f"label file '{path}' cannot be loaded: {reason}. Re-create it with "
+            "tools/prepare_h36m.py (real H36M) or tools/make_synthetic.py (synthetic data).")

@@ -38,7 +38,6 @@ byte-identical files.
 
 import math
 import os
-import pickle
 import time
 
 import cv2
@@ -47,7 +46,7 @@ import numpy as np
 from datasets.camera import (
     apply_affine, box_from_root, crop_affine, pixels_to_screen, project, world_to_camera,
 )
-from utils.checkpoint import atomic_write
+from datasets.label_writer import write_label_pickle
 from utils.errors import MetaPoseError
 from utils.skeleton import (
     ACTION_IDS, CROP_HEIGHT, CROP_WIDTH, LEFT_JOINTS, NUM_JOINTS, PARENTS, RIGHT_JOINTS,
@@ -674,9 +673,9 @@ def _render(entry, points_px, camera, background, full_frames):
 
 
 def write_pickle(entries, path):
-    """Pickles `entries` to `path` atomically (utils.checkpoint.atomic_write: temporary file in
-    the same folder, fsync, rename; a full disk is one MetaPoseError and the old file stays)."""
-    atomic_write(path, lambda stream: pickle.dump(entries, stream, protocol=4))
+    """Pickles `entries` (a list of label dicts) to `path` atomically, with the user's umask
+    (datasets/label_writer.py: the same writer as tools/prepare_h36m.py)."""
+    write_label_pickle(entries, path)
 
 
 def _check_count(name, value):

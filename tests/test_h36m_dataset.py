@@ -74,9 +74,9 @@ def test_crop_on_the_fly_equals_the_stored_crop(tmp_path):
             image = (tiny_h36m.render_crop(entry["center"], entry["scale"]) if cropped
                      else full_frame)
             tiny_h36m.write_jpeg(str(root / "images" / entry["image"]), image)
-    on_the_fly = _dataset(str(full_root))
+    on_the_fly = _dataset(str(full_root))  # image_mode auto: decided per image
     stored = _dataset(str(crop_root))
-    assert (on_the_fly.image_mode, stored.image_mode) == ("full", "cropped")
+    assert (on_the_fly.image_mode, stored.image_mode) == ("full", "cropped")  # as reported
     for index in range(3):
         a = on_the_fly[index]["image"].float()
         b = stored[index]["image"].float()
@@ -206,7 +206,7 @@ def test_bad_images(tiny_h36m_dir, caplog):
         strict[4]
 
     with caplog.at_level(logging.WARNING):
-        lenient = H36MDataset(labels, str(images), skip_bad_images=True)
+        lenient = H36MDataset(labels, str(images), skip_bad_images=True, train=True)
         assert len(lenient) == 5 and lenient.num_skipped == 1
         assert "skipping 1 of 6 frames" in caplog.text
         # Position 3 is label row 4 (row 2 dropped): corrupt, so the next good frame comes back.
@@ -215,6 +215,28 @@ def test_bad_images(tiny_h36m_dir, caplog):
     np.testing.assert_allclose(sample["joints_3d"].numpy(),
                                labels["joints_3d"][5] - labels["joints_3d"][5][:1], atol=1e-6)
     assert str(corrupt) in caplog.text
+
+
+def test_bad_images_in_evaluation_count_every_frame_once(tiny_h36m_dir, caplog):
+    """Before: a corrupt validation JPEG was replaced by the next frame, which the evaluation
+    then counted twice (and the bad frame not at all)."""
+    labels = load_labels(str(tiny_h36m_dir / "h36m_validation.pkl"))
+    images = tiny_h36m_dir / "images"
+    (images / labels["image"][1].decode()).write_bytes(b"\xff\xd8 a cut JPEG")
+    os.remove(images / labels["image"][3].decode())
+    with caplog.at_level(logging.WARNING):
+        dataset = H36MDataset(labels, str(images), skip_bad_images=True, train=False,
+                              image_size=(64, 48))
+        batches = list(torch.utils.data.DataLoader(dataset, batch_size=2))
+    indices = torch.cat([batch["index"] for batch in batches]).tolist()
+    assert indices == list(range(len(labels["image"])))  # every frame exactly once
+    joints = torch.cat([batch["joints_3d"] for batch in batches]).numpy()
+    expected = np.asarray(labels["joints_3d"]) - np.asarray(labels["joints_3d"])[:, :1]
+    np.testing.assert_allclose(joints, expected, atol=1e-6)  # with its own labels
+    images_out = torch.cat([batch["image"] for batch in batches])
+    assert int(images_out[1].abs().sum()) == 0 and int(images_out[3].abs().sum()) == 0
+    assert int(images_out[0].abs().sum()) > 0
+    assert dataset.num_skipped == 1 and "counts once" in caplog.text
 
 
 def test_image_errors_and_mode_mismatch(tmp_path, tiny_h36m_dir):
@@ -277,3 +299,100 @@ def test_jpeg_reads_as_rgb(tmp_path):
     path = str(tmp_path / "red.png")
     cv2.imwrite(path, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     assert read_image(path)[0, 0].tolist() == [200, 0, 0]
+
+
+def test_auto_image_mode_decides_for_every_image(tmp_path):
+    """Before: the first image decided the mode of the whole split, so one crop among full
+    frames (or the reverse) was cut wrongly or stopped the run."""
+    entries = tiny_h36m.make_entries(4, seed=5)
+    tiny_h36m.write_pickle(str(tmp_path / "h36m_train.pkl"), entries)
+    for index, entry in enumerate(entries):  # crops at rows 0 and 3, full frames at 1 and 2
+        crop = index in (0, 3)
+        image = tiny_h36m.render_crop(entry["center"], entry["scale"]) if crop \
+            else tiny_h36m.render_full()
+        tiny_h36m.write_jpeg(str(tmp_path / "images" / entry["image"]), image)
+    dataset = _dataset(str(tmp_path))
+    for index, entry in enumerate(entries):
+        expected = torch.from_numpy(tiny_h36m.render_crop(entry["center"], entry["scale"]))
+        difference = (dataset[index]["image"].float() - expected.permute(2, 0, 1).float())
+        assert difference.abs().mean().item() < 1.0, index
+    with pytest.raises(MetaPoseError, match="size of a stored crop"):
+        _dataset(str(tmp_path), image_mode="full", skip_bad_images=True)[0]
+
+
+def test_image_paths_are_confined_to_the_image_folder(tiny_h36m_dir):
+    """Paths in (possibly replaced) label columns never reach files outside the image folder."""
+    labels = dict(load_labels(str(tiny_h36m_dir / "h36m_train.pkl")))
+    labels["image"] = np.array([b"../h36m_train.pkl", b"/etc/passwd"] + list(labels["image"][2:]))
+    dataset = H36MDataset(labels, str(tiny_h36m_dir / "images"), image_mode="full", train=True)
+    for row in (0, 1):
+        with pytest.raises(MetaPoseError, match="relative to the image folder"):
+            dataset[row]
+    for skip in (False, True):  # not an unreadable image: never skipped silently
+        with pytest.raises(MetaPoseError, match="row 0 .* relative to the image folder"):
+            H36MDataset(labels, str(tiny_h36m_dir / "images"), skip_bad_images=skip, train=True)
+
+
+def _read_in_thread(path):
+    import threading
+
+    outcome = {}
+
+    def target():
+        try:
+            read_image(path)
+        except MetaPoseError as error:
+            outcome["error"] = str(error)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(10)
+    return thread, outcome
+
+
+def test_fifo_and_device_are_refused_without_hanging(tmp_path):
+    """Before: reading a FIFO blocked the worker forever, and /dev/zero was read until memory
+    ran out."""
+    fifo = str(tmp_path / "fifo.jpg")
+    os.mkfifo(fifo)
+    thread, outcome = _read_in_thread(fifo)
+    if thread.is_alive():  # unblock the reader so that the test process can exit
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail("reading a FIFO blocked")
+    assert "a FIFO, not a regular file" in outcome["error"]
+    device = str(tmp_path / "zero.jpg")
+    os.symlink("/dev/zero", device)
+    thread, outcome = _read_in_thread(device)
+    assert not thread.is_alive() and "a device, not a regular file" in outcome["error"]
+
+
+def test_published_layout_is_the_default(tmp_path):
+    """Pickles in <root>/data, images in <root>/images (the published README's tree)."""
+    entries = tiny_h36m.make_entries(3, seed=2, subjects=(9, 11))
+    tiny_h36m.write_pickle(str(tmp_path / "data" / "h36m_validation.pkl"), entries)
+    for entry in entries:
+        tiny_h36m.write_jpeg(str(tmp_path / "images" / entry["image"]), tiny_h36m.render_full())
+    dataset = build_dataset(_config(tmp_path / "data"), "validation")
+    assert os.path.abspath(dataset.image_dir) == str(tmp_path / "images")
+    assert dataset[0]["image"].float().mean() > 10
+    # an images folder inside data.root (synthetic sets) wins; data.image_dir overrides both
+    os.makedirs(tmp_path / "data" / "images")
+    blank = "data.blank_images=true"  # (the folder is empty)
+    assert build_dataset(_config(tmp_path / "data", blank), "validation").image_dir == \
+        os.path.join(str(tmp_path / "data"), "images")
+    other = build_dataset(_config(tmp_path / "data", blank,
+                                  f"data.image_dir={tmp_path / 'images'}"), "validation")
+    assert other.image_dir == str(tmp_path / "images")
+
+
+def test_missing_image_folder_names_where_it_looked(tmp_path):
+    tiny_h36m.write_pickle(str(tmp_path / "data" / "h36m_validation.pkl"),
+                           tiny_h36m.make_entries(2, subjects=(9,)))
+    with pytest.raises(MetaPoseError) as error:
+        build_dataset(_config(tmp_path / "data"), "validation")
+    message = str(error.value)
+    assert f"'{tmp_path / 'images'}' does not exist" in message
+    assert str(tmp_path / "data" / "images") in message and "data.image_dir" in message
+    with pytest.raises(MetaPoseError, match=str(tmp_path / "data" / "elsewhere")):
+        build_dataset(_config(tmp_path / "data", "data.image_dir=elsewhere"), "validation")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from datasets.camera import (
-    box_from_root, crop_affine, crop_from_full_frame, pixels_to_screen, project,
+    apply_affine, box_from_root, crop_affine, crop_from_full_frame, pixels_to_screen, project,
     screen_to_pixels, world_to_camera,
 )
 from datasets.synthetic import FRAME_HEIGHT, FRAME_WIDTH, generate_synthetic
@@ -230,10 +230,13 @@ def test_camera_helpers():
     np.testing.assert_allclose(boxes[2], box)
     np.testing.assert_allclose(scale, [2000 / points[2, 2] * 1145 / 200,
                                        2000 / points[2, 2] * 1144 / 200])
-    # the crop sends the box centre to the crop centre and the box width to 192 pixels
+    # the toolbox crop: box centre -> crop centre, the box's first and last pixel centres
+    # (box width - 1 apart) -> crop pixels 0 and 191
     matrix = crop_affine(center, scale)
     np.testing.assert_allclose(matrix[:, :2] @ center + matrix[:, 2], [95.5, 127.5])
-    np.testing.assert_allclose(matrix[0, 0] * (box[2] - box[0]), 192.0)
+    np.testing.assert_allclose(matrix[0, 0] * (box[2] - box[0] - 1), 191.0)
+    first_and_last = np.array([[box[0] + 0.5, center[1]], [box[2] - 0.5, center[1]]])
+    np.testing.assert_allclose(apply_affine(first_and_last, matrix)[:, 0], [0.0, 191.0])
     R = cv2.Rodrigues(np.array([0.1, -0.4, 0.2]))[0]
     T = np.array([[100.0], [-2000.0], [1500.0]])
     world = rng.normal(0, 1000, (4, 3))
@@ -260,3 +263,76 @@ def test_command_line(tmp_path, capsys):
         make_synthetic.parse_args(["--out", str(tmp_path / "bad"), "--train-frames", "-4"])
     assert exit_info.value.code == 2
     assert "--train-frames" in capsys.readouterr().err
+
+
+def test_units_are_checked_on_the_synthetic_set(crops, tmp_path):
+    """The synthetic set in metres loads; the same labels in millimetres, or with 2D joints in
+    pixels, are refused with the key and the likely cause."""
+    from datasets.labels import load_labels
+    from datasets.synthetic import write_pickle
+
+    out, _ = crops
+    entries = _entries(out, "train")
+    assert len(load_labels(os.path.join(out, "h36m_train.pkl"),
+                           cache_dir=str(tmp_path / "cache"))["image"]) == TRAIN
+    millimetres = [dict(entry, joints_3d=entry["joints_3d"] * 1000.0) for entry in entries]
+    write_pickle(millimetres, str(tmp_path / "mm.pkl"))
+    with pytest.raises(MetaPoseError, match=r"entry 0, key 'joints_3d' .*millimetres"):
+        load_labels(str(tmp_path / "mm.pkl"))
+    pixels = [dict(entry, joints_2d_gt=screen_to_pixels(entry["joints_2d_gt"], FRAME_WIDTH,
+                                                         FRAME_HEIGHT)) for entry in entries]
+    write_pickle(pixels, str(tmp_path / "px.pkl"))
+    with pytest.raises(MetaPoseError, match=r"entry 0, key 'joints_2d_gt' .*pixels"):
+        load_labels(str(tmp_path / "px.pkl"))
+
+
+def test_full_frame_on_the_fly_crop_equals_the_precrop_and_the_joints(tmp_path):
+    """A synthetic full frame cut by the loader on the fly, by tools/precrop_h36m.py and drawn
+    directly as a crop agree, and the crop joints sit on blobs drawn at the full-frame joints."""
+    from datasets.h36m import H36MDataset
+    from datasets.labels import load_labels
+    from tools import precrop_h36m
+
+    full = str(tmp_path / "full")
+    generate_synthetic(full, 6, 3, seed=5, full_frames=True, verbose=False)
+    precrop_h36m.main(["--labels", full, "--frames", os.path.join(full, "images"), "--out",
+                       str(tmp_path / "crops"), "--workers", "2", "--no-progress"])
+    labels = load_labels(os.path.join(full, "h36m_train.pkl"))
+    on_the_fly = H36MDataset(labels, os.path.join(full, "images"))
+    precropped = H36MDataset(labels, str(tmp_path / "crops"))
+    differences = [(on_the_fly[i]["image"].float() - precropped[i]["image"].float()).abs().mean()
+                   for i in range(len(on_the_fly))]
+    print(f"\non-the-fly vs pre-cropped: mean abs difference {np.mean(differences):.3f}")
+    assert np.mean(differences) < 1.0
+
+    # blobs at four well separated joints of each entry, in a black full frame
+    blobs_dir = tmp_path / "blobs"
+    joints = (3, 6, 10, 16)  # ankles, head, right wrist
+    for index in range(len(labels["image"])):
+        pixels = screen_to_pixels(labels["joints_2d_gt"][index].astype(np.float64), FRAME_WIDTH,
+                                  FRAME_HEIGHT)
+        ys, xs = np.mgrid[0:FRAME_HEIGHT, 0:FRAME_WIDTH]
+        frame = np.zeros((FRAME_HEIGHT, FRAME_WIDTH))
+        for joint in joints:
+            x, y = pixels[joint]
+            frame += 250 * np.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * 6.0 ** 2))
+        path = blobs_dir / labels["image"][index].decode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(path), np.repeat(np.clip(frame, 0, 255)[..., None], 3, 2).astype(np.uint8))
+    crops = H36MDataset(labels, str(blobs_dir))
+    checked = 0
+    for index in range(len(crops)):
+        image = crops[index]["image"][0].double().numpy()
+        crop_joints = labels["joints_2d_gt_crop"][index][list(joints)]
+        for number, joint in enumerate(joints):
+            x0, y0 = crop_joints[number]
+            others = np.delete(crop_joints, number, axis=0)
+            if not (8 <= x0 < CROP_WIDTH - 8 and 8 <= y0 < CROP_HEIGHT - 8) or \
+                    np.linalg.norm(others - crop_joints[number], axis=1).min() < 16:
+                continue  # near the crop's edge or another blob
+            ys, xs = np.mgrid[int(y0) - 7:int(y0) + 8, int(x0) - 7:int(x0) + 8]
+            window = image[ys, xs]
+            centroid = np.array([(window * xs).sum(), (window * ys).sum()]) / window.sum()
+            np.testing.assert_allclose(centroid, [x0, y0], atol=0.08)
+            checked += 1
+    assert checked >= 10

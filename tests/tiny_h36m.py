@@ -37,10 +37,15 @@ def box(root):
     return np.array([(x1 + x2) / 2, (y1 + y2) / 2]), np.array([(x2 - x1) / 200, (y2 - y1) / 200])
 
 
+def toolbox_zoom(scale):
+    """Crop pixels per full-frame pixel of the H36M-Toolbox crop: the box's first and last pixel
+    centres (S = scale * 200 pixels apart by S - 1) land on crop pixels 0 and 191."""
+    return (CROP_W - 1) / (scale[0] * 200.0 - 1)
+
+
 def to_crop(pixels, center, scale):
     """Full-frame pixels -> crop pixels, written independently of datasets/images.py."""
-    zoom = CROP_W / (scale[0] * 200.0)
-    return (pixels - center) * zoom + np.array([(CROP_W - 1) / 2, (CROP_H - 1) / 2])
+    return (pixels - center) * toolbox_zoom(scale) + np.array([(CROP_W - 1) / 2, (CROP_H - 1) / 2])
 
 
 def pattern(x, y):
@@ -58,7 +63,7 @@ def render_full(width=FRAME_W, height=FRAME_H):
 
 def render_crop(center, scale, shift=0.0):
     """The crop evaluated directly at the full-frame pre-image of each crop pixel centre."""
-    zoom = CROP_W / (scale[0] * 200.0)
+    zoom = toolbox_zoom(scale)
     ys, xs = np.mgrid[0:CROP_H, 0:CROP_W].astype(np.float64)
     full_x = (xs + shift - (CROP_W - 1) / 2) / zoom + center[0]
     full_y = (ys - (CROP_H - 1) / 2) / zoom + center[1]

@@ -15,6 +15,7 @@ DEFAULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaul
 # Keys whose default is null: the type a non-null value must have.
 NULLABLE_TYPES = {
     "data.cache_dir": str,
+    "data.image_dir": str,
     "model.image_encoder.pretrained": str,
     "model.image_encoder.width": int,
     "model.text_encoder.pretrained": str,
