@@ -15,7 +15,8 @@ import engine
 from datasets.loaders import build_eval_loader, build_train_loader
 from models.loss import build_loss
 from utils import distributed as dist_utils
-from utils.checkpoint import atomic_write_text, file_sha256, load_checkpoint, load_model_state
+from utils.atomic_files import atomic_write_text
+from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
 from utils.cli import run_cli
 from utils.config import CHOICES, load_config
 from utils.errors import MetaPoseError

@@ -16,7 +16,7 @@ import stat
 import cv2
 import numpy as np
 
-from datasets.files import atomic_write_bytes
+from utils.atomic_files import atomic_write_bytes
 from utils.errors import MetaPoseError
 from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 

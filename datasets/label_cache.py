@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from datasets.files import atomic_output, make_temporary_folder
+from utils.atomic_files import atomic_output, make_temporary_folder
 from datasets.label_checks import COLUMN_SPECS, COLUMNS
 
 logger = logging.getLogger(__name__)

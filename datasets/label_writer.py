@@ -13,7 +13,7 @@ correctly; the output is byte-for-byte a function of the entries (deterministic)
 import io
 import pickle
 
-from datasets.files import atomic_output
+from utils.atomic_files import atomic_output
 
 _PROTOCOL = 3
 _BATCH = 1000  # entries per APPENDS, as pickle.dump does
@@ -35,7 +35,10 @@ class LabelPickleWriter:
     def __enter__(self):
         self._output = atomic_output(self.path)
         self._stream = self._output.__enter__()
-        self._stream.write(pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_LIST)
+        try:
+            self._stream.write(pickle.PROTO + bytes([_PROTOCOL]) + pickle.EMPTY_LIST)
+        except BaseException as error:
+            self._abandon(error)
         return self
 
     def write(self, entry):
@@ -62,9 +65,18 @@ class LabelPickleWriter:
 
     def __exit__(self, kind, value, traceback):
         if kind is None:
-            self._flush()
-            self._stream.write(pickle.STOP)
+            try:
+                self._flush()
+                self._stream.write(pickle.STOP)
+            except BaseException as error:
+                self._abandon(error)
         return self._output.__exit__(kind, value, traceback)
+
+    def _abandon(self, error):
+        """Hands `error`, met outside the `with` body, to the atomic output (which removes the
+        temporary file and turns a full disk into one MetaPoseError), then re-raises it."""
+        self._output.__exit__(type(error), error, error.__traceback__)
+        raise error
 
 
 def write_label_pickle(entries, path):

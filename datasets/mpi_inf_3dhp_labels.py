@@ -29,7 +29,7 @@ import numpy as np
 
 from datasets.labels import cached_columns
 from datasets.safe_pickle import unpickle_stream_safely
-from utils.checkpoint import atomic_write
+from utils.atomic_files import atomic_write
 from utils.errors import MetaPoseError
 from utils.skeleton import FIRST_ACTION_ID, NUM_JOINTS
 

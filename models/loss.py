@@ -49,9 +49,5 @@ class PoseLoss(nn.Module):
 
 
 def build_loss(config):
-    return PoseLoss(mpjpe_weight=config.loss.mpjpe, kl_weight=config.loss.kl)
-
-
-def build_loss(config):
     """PoseLoss with the weights of `config.loss`."""
     return PoseLoss(mpjpe_weight=config.loss.mpjpe, kl_weight=config.loss.kl)

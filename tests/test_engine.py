@@ -21,8 +21,8 @@ from models.flip_test import predict
 from models.loss import PoseLoss
 from utils.signals import StopRequest
 from utils import distributed as dist_utils
-from utils.checkpoint import (atomic_copy, atomic_write, atomic_write_text, extract_state_dict,
-                              load_checkpoint, load_model_weights, save_checkpoint)
+from utils.atomic_files import atomic_copy, atomic_write, atomic_write_text
+from utils.checkpoint import (extract_state_dict, load_checkpoint, load_model_weights, save_checkpoint)
 from utils.errors import MetaPoseError
 from utils.flip import flip_images, flip_joints_3d, flip_keypoints_2d, flip_keypoints_crop
 from utils.geometry import normalize_images
@@ -443,7 +443,7 @@ def test_full_disk_gives_one_message_and_keeps_the_old_file(tmp_path, monkeypatc
 
 
 def test_leftover_temporaries_are_found_and_removed(tmp_path):
-    from utils.checkpoint import remove_temporaries
+    from utils.atomic_files import remove_temporaries
 
     atomic_write_text(str(tmp_path / "metrics.jsonl"), "{}\n")
     for name in (".metrics.jsonl.k3j4.tmp", ".last.pt.abcd.tmp"):

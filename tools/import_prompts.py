@@ -23,7 +23,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.prompts import ACTION_NAME_ORDER, load_prompts, parse_prompts  # noqa: E402
-from utils.checkpoint import atomic_write_text, file_sha256  # noqa: E402
+from utils.atomic_files import atomic_write_text  # noqa: E402
+from utils.checkpoint import file_sha256  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 from utils.skeleton import NUM_JOINTS  # noqa: E402

@@ -62,7 +62,7 @@ from datasets.mpi_inf_3dhp_labels import (  # noqa: E402
 from datasets.mpi_inf_3dhp_raw import (  # noqa: E402
     read_calibration, read_test_annotation, read_train_annotation,
 )
-from utils.checkpoint import atomic_write_text  # noqa: E402
+from utils.atomic_files import atomic_write_text  # noqa: E402
 from utils.cli import positive_int, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 

@@ -72,7 +72,7 @@ import numpy as np  # noqa: E402
 from datasets.camera import (  # noqa: E402
     H36M_FRAME_SIZES, box_from_root, full_frame_to_crop, pixels_to_screen, project,
 )
-from datasets.files import atomic_output  # noqa: E402
+from utils.atomic_files import atomic_output  # noqa: E402
 from datasets.label_writer import LabelPickleWriter  # noqa: E402
 from datasets.precrop import CropJob, cut_crops  # noqa: E402
 from datasets.synthetic import image_name  # noqa: E402

@@ -1,112 +1,19 @@
-"""Checkpoint files: atomic writes, safe loading (weights_only) and clear errors for bad files."""
+"""Checkpoint files: atomic saves, safe loading (weights_only) and clear errors for bad files."""
 
-import errno
 import hashlib
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import warnings
 import zipfile
 
 import torch
 
+from utils.atomic_files import atomic_write
 from utils.errors import MetaPoseError
 
 # Prefixes that wrappers add to state-dict keys: DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-# Every atomic write goes through a temporary file named ".<name>.<random>.tmp" beside its
-# target; remove_temporaries() finds those that a killed process left behind.
-_TEMPORARY_SUFFIX = ".tmp"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-# errno values that mean "the disk (or the user's quota) is full".
-_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-
-def _atomic_write(path, write):
-    """Calls write(file_object) on a temporary file beside `path`, fsyncs it and renames it over
-    `path`, so that a crash at any moment leaves either the old or the new complete file.
-
-    Raises:
-        MetaPoseError when the file system refuses the write (full disk or quota, permissions):
-        the temporary file is removed and the previous `path` is left as it was.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    temporary = None
-    try:
-        os.makedirs(directory, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                                             suffix=_TEMPORARY_SUFFIX, dir=directory)
-        os.fchmod(handle, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide runs from other users
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException as error:
-        if temporary is not None and os.path.exists(temporary):
-            os.remove(temporary)
-        cause = _os_error_in(error)
-        if cause is None:
-            raise
-        raise _write_error(path, cause) from None
-    try:  # make the rename itself durable
-        directory_handle = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(directory_handle)
-    except OSError:
-        pass
-    finally:
-        os.close(directory_handle)
-
-
-def atomic_write(path, write):
-    """Calls write(binary file object) and puts the result at `path` atomically."""
-    _atomic_write(path, write)
-
-
-def _os_error_in(error):
-    """The OSError behind `error`: itself, or the one torch.save met in a file write and
-    replaced by a RuntimeError of its own ("unexpected pos ..."); None when there is none."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, OSError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return None
-
-
-def _write_error(path, error):
-    reason = error.strerror or str(error)
-    kept = (f"the previous '{os.path.basename(path)}' is intact" if os.path.exists(path)
-            else "nothing was overwritten")
-    if error.errno in _DISK_FULL:
-        return MetaPoseError(
-            f"the disk is full: writing '{path}' failed ({reason}); {kept} and the partial file "
-            "was removed. Free some space (or use a --logdir on another disk), then run again; "
-            "a training run continues from its last checkpoint with --resume.")
-    return MetaPoseError(f"cannot write '{path}' ({reason}); {kept}. Check the permissions and "
-                         "the file system of that folder (or use another --logdir).")
-
-
-def remove_temporaries(directory):
-    """Removes the temporary files that atomic writes killed midway left in `directory` (only
-    call it while no other process writes there, e.g. holding the run's lock); returns their
-    paths. The real files beside them are complete: a kill leaves the old or the new one."""
-    removed = []
-    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-        full = os.path.join(directory, name)
-        if name.startswith(".") and name.endswith(_TEMPORARY_SUFFIX) and os.path.isfile(full):
-            os.remove(full)
-            removed.append(full)
-    return removed
 
 
 def file_sha256(path):
@@ -131,22 +38,10 @@ def first_non_finite(tensors):
     return names[int(bad.nonzero()[0])] if bool(bad.any()) else None
 
 
-def atomic_write_text(path, text):
-    """Writes `text` (UTF-8) to `path` atomically."""
-    _atomic_write(path, lambda file: file.write(text.encode("utf-8")))
-
-
-def atomic_copy(source, destination):
-    """Copies the file `source` to `destination` atomically."""
-    def write(file):
-        with open(source, "rb") as input_file:
-            shutil.copyfileobj(input_file, file, length=16 * 1024 * 1024)
-    _atomic_write(destination, write)
-
-
 def save_checkpoint(obj, path):
-    """torch.save(obj) to `path` atomically (temporary file in the same folder, fsync, rename)."""
-    _atomic_write(path, lambda file: torch.save(obj, file))
+    """torch.save(obj) to `path` atomically (utils.atomic_files: temporary file in the same folder,
+    fsync, rename; a full disk is one MetaPoseError and the old file stays)."""
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def load_checkpoint(path, map_location="cpu", mmap=False):

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 
 from utils import distributed as dist_utils
-from utils.checkpoint import atomic_write_text, remove_temporaries
+from utils.atomic_files import atomic_write_text, remove_temporaries
 from utils.config import config_to_yaml
 from utils.errors import MetaPoseError
 from utils.run_lock import RunLock

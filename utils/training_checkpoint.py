@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from utils import distributed as dist_utils
-from utils.checkpoint import (atomic_copy, first_non_finite, load_checkpoint, load_model_state,
-                              load_model_weights, save_checkpoint)
+from utils.atomic_files import atomic_copy
+from utils.checkpoint import (first_non_finite, load_checkpoint, load_model_state, load_model_weights, save_checkpoint)
 from utils.errors import MetaPoseError
 from utils.run_dir import git_commit, record_metrics
 
