@@ -23,7 +23,8 @@ ASPECT = CROP_WIDTH / CROP_HEIGHT  # width / height of the crop
 # aspect, frames the person about as the H36M root box does (a 2 m wide crop, 2.67 m high).
 DEFAULT_BOX_PADDING = 1.5
 
-DETECTORS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn")
+DETECTORS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
+             "fasterrcnn_mobilenet_v3_large_320_fpn")  # accurate .. fast (320 px input)
 COCO_PERSON = 1  # the person class of torchvision's COCO detectors
 
 
@@ -104,8 +105,9 @@ class PersonDetector:
                 model = build(weights="DEFAULT", **options)
             except Exception as error:  # download / network / cache errors of torchvision
                 raise MetaPoseError(
-                    f"the {name} detector's COCO weights could not be loaded ({type(error).__name__}: "
-                    f"{str(error).splitlines()[0] if str(error) else ''}). torchvision downloads "
+                    f"the {name} detector's COCO weights could not be loaded "
+                    f"({type(error).__name__}: {(str(error).splitlines() or [''])[0]}). "
+                    "torchvision downloads "
                     "them on first use into ~/.cache/torch/hub/checkpoints; without a network, "
                     "put the file there, pass --detector-weights FILE, or give --boxes.") from None
         else:
@@ -129,14 +131,15 @@ class PersonDetector:
 
     @torch.inference_mode()
     def __call__(self, images):
-        """images: list of (H, W, 3) uint8 RGB frames -> per frame (boxes (N, 4) float64,
-        scores (N,) float64) of the people found, best first."""
+        """images: list of (H, W, 3) uint8 RGB frames -> per frame (boxes (N, 4) float64 in this
+        project's pixel convention, scores (N,) float64) of the people found, best first."""
         tensors = [torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
                    .div(255.0).to(self.device) for image in images]
         results = []
         for output in self.model(tensors):
             keep = (output["labels"] == COCO_PERSON) & (output["scores"] >= self.threshold)
-            boxes = output["boxes"][keep].double().cpu().numpy()
+            # torchvision's corners are pixel edges (0..W); here pixel centres are integers
+            boxes = output["boxes"][keep].double().cpu().numpy() - 0.5
             scores = output["scores"][keep].double().cpu().numpy()
             order = np.argsort(-scores, kind="stable")
             results.append((boxes[order], scores[order]))

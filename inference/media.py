@@ -101,7 +101,12 @@ def iter_frames(source):
         return
     folder = source.path if source.kind == "folder" else os.path.dirname(source.path)
     for name in source.names:
-        yield name, read_image(os.path.join(folder, name))
+        try:
+            image = read_image(os.path.join(folder, name))
+        except MetaPoseError as error:  # drop the training-data hint of read_image
+            raise MetaPoseError(f"{str(error).split('. ')[0]}. Replace or remove it, and run "
+                                "again (nothing was written).") from None
+        yield name, image
 
 
 class OutputStage:

@@ -57,7 +57,8 @@ class PeopleFile:
             if not single_input:
                 raise MetaPoseError(f"{self.flag} file '{self.path}' is a bare list of people, "
                                     "which only fits a single image; for folders and videos key "
-                                    "the people by frame: {\"frames\": {\"name or index\": [...]}}.")
+                                    "the people by frame: "
+                                    "{\"frames\": {\"name or index\": [...]}}.")
             self.used.add(None)
             return self.frames[None]
         if str(key) not in self.frames:

@@ -86,8 +86,12 @@ def parse_args(argv):
     return args
 
 
-def output_name(source, key):
-    stem = os.path.splitext(os.path.basename(source.path if source.kind == "video" else key))[0]
+def output_name(source, key, taken=()):
+    """<stem>_3d.png per image (<name>_3d.png when two images share a stem), <video>_3d.mp4."""
+    name = os.path.basename(source.path if source.kind == "video" else key)
+    stem = os.path.splitext(name)[0]
+    if f"{stem}_3d.png" in taken:
+        stem = name
     return f"{stem}_3d.{'mp4' if source.kind == 'video' else 'png'}"
 
 
@@ -156,7 +160,8 @@ def render(records, source, stage, show_progress):
             if video is not None:
                 video.write(figure_to_array(figure))
             else:
-                figure.savefig(stage.path(output_name(source, key)), dpi=100, format="png")
+                name = output_name(source, key, stage.names)
+                figure.savefig(stage.path(name), dpi=100, format="png")
     finally:
         if video is not None:
             video.close()
@@ -173,16 +178,20 @@ def main(argv=None):
     keypoints_file = PeopleFile(args.keypoints, "--keypoints") if args.keypoints else None
     fmt = keypoint_format(keypoints_file, args.keypoint_format) if keypoints_file else None
     if args.smooth and source.kind != "video":
-        raise MetaPoseError("--smooth filters a video's frames over time; the input "
-                            f"'{args.input}' is {'a folder' if source.kind == 'folder' else 'an image'}.")
+        kind = "a folder" if source.kind == "folder" else "an image"
+        raise MetaPoseError(f"--smooth filters a video's frames over time; the input "
+                            f"'{args.input}' is {kind}.")
 
     from inference.boxes import PersonDetector
+    from inference.loading import resolve_action
     from inference.predictor import Predictor
 
     predictor = Predictor.from_checkpoint(
         args.checkpoint, config=args.config, overrides=args.overrides, device=args.device,
         hrnet=args.hrnet, action=args.action, flip_test=args.flip_test,
         batch_size=args.batch_size, box_padding=args.box_padding)
+    if predictor.default_action is None:  # a joint_action model without --action: say so now
+        resolve_action(None, predictor.text_mode)
     if args.detector:
         predictor.detector = PersonDetector(args.detector, args.detector_weights,
                                             args.detector_threshold, device=predictor.device)
@@ -198,9 +207,9 @@ def main(argv=None):
                    for key, w, h, people in records]
         stage.commit("[\n" + ",\n".join(json.dumps(record) for record in payload) + "\n]\n")
     people = sum(len(record[3]) for record in records)
+    pictures = "1 MP4" if source.kind == "video" else f"{len(records)} PNG"
     print(f"wrote {os.path.join(args.out, 'predictions.json')} ({len(records)} frames, "
-          f"{people} people)" + ("" if args.no_render else
-                                 f" and {'1 video' if source.kind == 'video' else f'{len(records)} PNG'}"))
+          f"{people} people)" + ("" if args.no_render else f" and {pictures}"))
     return 0
 
 
