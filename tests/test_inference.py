@@ -154,8 +154,11 @@ def test_whole_chain_on_an_image_with_hrnet_2d(tiny_checkpoint, synthetic_frames
                                                            record["frame"][:-4] + "_3d.png"])
 
     # a user box through the Python API: the HRNet 2D joints come from inside that box
-    predictor = Predictor.from_checkpoint(tiny_checkpoint, action="Walking")
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, action="Walking", flip_test=True)
+    calls = []
+    predictor.model.image_encoder.register_forward_hook(lambda *args: calls.append(1))
     (person,) = predictor(read_image(path), boxes=[[300, 200, 600, 900]])
+    assert len(calls) == 1  # one HRNet pass gives the heatmaps and the pose network's features
     center, size = np.array([450, 550]), np.array([700 * 0.75, 700]) * 1.5
     assert (np.abs(person.joints_2d - center) <= size / 2 + 1).all()
     assert np.isfinite(person.joints_3d).all() and person.joints_2d_source == "hrnet"
