@@ -410,3 +410,16 @@ def test_throughput_data_mode(tiny_h36m_dir, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["frames"] == 6 and report["workers"] == 0 and report["image_mode"] == "full"
     assert report["data_samples_per_s"] > 0 and report["train_samples_per_s"] > 0
+
+
+def test_pose_network_benchmark_reports_both_paths(capsys):
+    """benchmarks/pose_network.py (encoders replaced by their precomputed outputs) times the
+    plain and the fast path and prints the ratios."""
+    from benchmarks import pose_network
+
+    pose_network.main(["--config", TINY, "--batch", "2", "--steps", "1", "--warmup", "0",
+                       "--json"])
+    report = json.loads(capsys.readouterr().out)
+    for path in ("plain", "fast"):
+        assert report[path]["train_samples_per_s"] > 0 and report[path]["eval_samples_per_s"] > 0
+    assert report["train_speedup"] > 0 and report["eval_speedup"] > 0
