@@ -139,6 +139,13 @@ def full_frame_to_crop(points, center, scale, out_w=CROP_WIDTH, out_h=CROP_HEIGH
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
+def crop_to_full_frame(points, center, scale, out_w=CROP_WIDTH, out_h=CROP_HEIGHT):
+    """(..., 2) crop pixels -> full-frame pixels: the inverse of `full_frame_to_crop`."""
+    matrix = crop_affine(center, scale, out_w, out_h)
+    points = np.asarray(points, dtype=np.float64)
+    return (points - matrix[:, 2]) / np.diag(matrix[:, :2])
+
+
 def crop_from_full_frame(image, center, scale, out_w=CROP_WIDTH, out_h=CROP_HEIGHT):
     """The (out_h, out_w, C) person crop of a full frame, bilinear, black outside the frame.
 

@@ -1,4 +1,6 @@
-"""HRNet pose trunk (official COCO 256x192 `pose_hrnet` key layout, without `final_layer`) and its builder."""
+"""HRNet pose trunk (official COCO 256x192 `pose_hrnet` key layout, without `final_layer`) and its
+builder; the COCO heatmap head `final_layer` is a separate module (`build_keypoint_head`), used
+by inference for 2D joints and never part of the pose network or its checkpoints."""
 
 import os
 import pickle
@@ -414,3 +416,60 @@ def build_image_encoder(type: str, pretrained, frozen: bool = True, width=None,
     if frozen:
         model.freeze()
     return model
+
+
+# The official heatmap head: a 1x1 conv from the fused level-0 map (C channels) to 17 COCO joints.
+KEYPOINT_HEAD_PREFIX = "final_layer."
+COCO_JOINTS = 17
+
+
+def build_keypoint_head(width, seed=0):
+    """The COCO heatmap head `final_layer` (Conv2d(C, 17, 1)) with the official random
+    initialisation (weights N(0, 0.001), bias 0), drawn from a private generator seeded `seed`
+    (the global RNG is untouched, and the same trunk width always gets the same head)."""
+    head = nn.Conv2d(int(width), COCO_JOINTS, kernel_size=1)
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=generator) * 0.001)
+        head.bias.zero_()
+    return head.requires_grad_(False).eval()
+
+
+def load_keypoint_head(path, width, trunk=None):
+    """The heatmap head `final_layer.*` of an official pose_hrnet file (kept here; the trunk
+    loader ignores it).
+
+    Args:
+        path: the official COCO pose_hrnet .pth file.
+        width: the trunk width C the head must read.
+        trunk: optional HRNet; then also returns whether its weights equal the file's (a head
+            only fits the trunk it was trained with).
+    Returns:
+        the head module, or (head, same_trunk) when `trunk` is given.
+    Raises:
+        MetaPoseError for an unreadable file, a file without final_layer, or another width.
+    """
+    state = _read_state_dict(path)
+    weight, bias = state.get(KEYPOINT_HEAD_PREFIX + "weight"), state.get(KEYPOINT_HEAD_PREFIX + "bias")
+    if not (torch.is_tensor(weight) and torch.is_tensor(bias)):
+        raise MetaPoseError(
+            f"HRNet file {path} has no heatmap head (final_layer.weight / final_layer.bias): it is "
+            "not the official COCO pose_hrnet file. Use pose_hrnet_w32_256x192.pth / "
+            "pose_hrnet_w48_256x192.pth, or give the 2D joints yourself (--keypoints).")
+    expected = (COCO_JOINTS, int(width), 1, 1)
+    if tuple(weight.shape) != expected or tuple(bias.shape) != (COCO_JOINTS,):
+        raise MetaPoseError(
+            f"the heatmap head of {path} has shape {tuple(weight.shape)}, but the model's HRNet "
+            f"(width {width}) needs {expected}: the file is for another HRNet width or another "
+            "joint set.")
+    head = build_keypoint_head(width)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    if trunk is None:
+        return head
+    trunk_state = trunk.state_dict()
+    same = all(key in state and torch.is_tensor(state[key])
+               and state[key].shape == value.shape and torch.equal(state[key].to(value), value)
+               for key, value in trunk_state.items() if value.is_floating_point())
+    return head, same

@@ -9,6 +9,7 @@ import os
 import re
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -283,6 +284,21 @@ def test_visualize_tool_draws_a_published_file(tiny, capsys):
                                              str(out), "--num", "2", "--device", "cpu",
                                              f"data.root={tiny['root'] / 'data'}"], capsys)
     assert code == 0 and out.stat().st_size > 0, output.err
+
+
+def test_infer_tool_runs_a_published_file(tiny, capsys):
+    from tools import infer
+
+    path, _ = write_tiny_file(tiny, "tiny_infer.bin")
+    image_dir = tiny["root"] / "data" / "images"
+    sequence = sorted(image_dir.iterdir())[0]
+    out = tiny["root"] / "infer"
+    code, output = run_main(infer.main, ["--config", TINY, "--checkpoint", path, "--input",
+                                         str(sorted(sequence.iterdir())[0]), "--out", str(out),
+                                         "--action", "Eating", "--no-render"], capsys)
+    assert code == 0, output.err
+    (record,) = json.loads((out / "predictions.json").read_text())
+    assert np.isfinite(record["people"][0]["joints_3d"]).all()
 
 
 def _extra(model):

@@ -303,12 +303,26 @@ def load_config(path, overrides=()):
     if path is not None:
         for file_path, content in _load_with_bases(path):
             _merge(merged, content, _DEFAULTS_CACHE, f"'{file_path}'", sources)
+    return _finish(merged, sources, overrides, os.path.abspath(path) if path is not None else None)
+
+
+def config_from_mapping(mapping, source, overrides=()):
+    """The config stored as a plain mapping (e.g. the "config" entry of a training checkpoint)
+    merged over the defaults with the same checks as `load_config`; `source` names where the
+    mapping came from in messages (e.g. "the config stored in 'best.pt'")."""
+    merged, sources = copy.deepcopy(_DEFAULTS_CACHE), {}
+    content = {key: value for key, value in mapping.items() if key != "config_path"}
+    _merge(merged, content, _DEFAULTS_CACHE, source, sources)
+    return _finish(merged, sources, overrides, None)
+
+
+def _finish(merged, sources, overrides, config_path):
     for text in overrides:
         _merge(merged, _parse_override(text), _DEFAULTS_CACHE, f"command-line override '{text}'",
                sources)
     _check_ranges(merged, sources)
     config = EasyDict(merged)
-    config["config_path"] = os.path.abspath(path) if path is not None else None
+    config["config_path"] = config_path
     return config
 
 

@@ -66,15 +66,23 @@ def crop_to_image_pixels(keypoints_crop, height, width):
 
 def _draw_image_panel(ax, image, keypoints_crop):
     height, width = image.shape[:2]
-    points = crop_to_image_pixels(keypoints_crop, height, width)
+    _draw_image_with_skeletons(ax, image, [crop_to_image_pixels(keypoints_crop, height, width)])
+
+
+def _draw_image_with_skeletons(ax, image, skeletons):
+    """The image with each (17, 2) skeleton of `skeletons` (pixels of that image) drawn on it."""
+    height, width = image.shape[:2]
     ax.imshow(image)
-    for joint, parent in enumerate(PARENTS):
-        if parent < 0:
-            continue
-        ax.plot(points[[parent, joint], 0], points[[parent, joint], 1],
-                color=_joint_colour(joint), linewidth=2, path_effects=_OUTLINE)
-    ax.scatter(points[:, 0], points[:, 1], s=12, c=[_joint_colour(j) for j in range(len(points))],
-               edgecolors="white", linewidths=0.5, zorder=3)
+    for points in skeletons:
+        points = _numpy(points).astype(np.float64)
+        for joint, parent in enumerate(PARENTS):
+            if parent < 0:
+                continue
+            ax.plot(points[[parent, joint], 0], points[[parent, joint], 1],
+                    color=_joint_colour(joint), linewidth=2, path_effects=_OUTLINE)
+        ax.scatter(points[:, 0], points[:, 1], s=12,
+                   c=[_joint_colour(j) for j in range(len(points))],
+                   edgecolors="white", linewidths=0.5, zorder=3)
     ax.set_xlim(-0.5, width - 0.5)
     ax.set_ylim(height - 0.5, -0.5)
     ax.set_axis_off()
@@ -88,16 +96,25 @@ def _plot_coordinates(joints):
 def _draw_pose_panel(ax, pred_3d, gt_3d):
     pred = _plot_coordinates(_numpy(pred_3d).astype(np.float64))
     gt = _plot_coordinates(_numpy(gt_3d).astype(np.float64))
+    _draw_poses_3d(ax, [pred], gt)
+    error_mm = float(np.linalg.norm(pred - gt, axis=1).mean() * 1000.0)
+    ax.set_title(f"MPJPE {error_mm:.1f} mm", fontsize=8)
+
+
+def _draw_poses_3d(ax, poses, gt=None):
+    """(17, 3) poses in plot coordinates (and an optional dashed ground truth) in one cube."""
     for joint, parent in enumerate(PARENTS):
         if parent < 0:
             continue
         pair = [parent, joint]
-        ax.plot(gt[pair, 0], gt[pair, 1], gt[pair, 2], color=GT_COLOUR, linewidth=1.2,
-                linestyle="--")
-        ax.plot(pred[pair, 0], pred[pair, 1], pred[pair, 2], color=_joint_colour(joint),
-                linewidth=2)
-    # Equal aspect: one cube around both poses.
-    both = np.concatenate([pred, gt])
+        if gt is not None:
+            ax.plot(gt[pair, 0], gt[pair, 1], gt[pair, 2], color=GT_COLOUR, linewidth=1.2,
+                    linestyle="--")
+        for pose in poses:
+            ax.plot(pose[pair, 0], pose[pair, 1], pose[pair, 2], color=_joint_colour(joint),
+                    linewidth=2)
+    # Equal aspect: one cube around every pose.
+    both = np.concatenate(list(poses) + ([gt] if gt is not None else []))
     centre = (both.max(axis=0) + both.min(axis=0)) / 2
     radius = max(float((both.max(axis=0) - both.min(axis=0)).max()) / 2, 1e-3) * 1.1
     ax.set_xlim(centre[0] - radius, centre[0] + radius)
@@ -111,11 +128,11 @@ def _draw_pose_panel(ax, pred_3d, gt_3d):
     for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
         axis.set_major_locator(MaxNLocator(4))
     ax.view_init(elev=15, azim=-70)
-    error_mm = float(np.linalg.norm(pred - gt, axis=1).mean() * 1000.0)
-    ax.set_title(f"MPJPE {error_mm:.1f} mm", fontsize=8)
     handles = [Line2D([], [], color=LEFT_COLOUR, linewidth=2, label="prediction, left"),
-               Line2D([], [], color=RIGHT_COLOUR, linewidth=2, label="prediction, right"),
-               Line2D([], [], color=GT_COLOUR, linewidth=1.2, linestyle="--", label="ground truth")]
+               Line2D([], [], color=RIGHT_COLOUR, linewidth=2, label="prediction, right")]
+    if gt is not None:
+        handles.append(Line2D([], [], color=GT_COLOUR, linewidth=1.2, linestyle="--",
+                              label="ground truth"))
     ax.legend(handles=handles, loc="upper left", fontsize=6, frameon=False)
 
 
@@ -191,3 +208,39 @@ def save_samples_png(path, samples, columns=2, dpi=100):
     os.makedirs(directory, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return path
+
+
+def draw_frame(image_uint8, joints_2d, joints_3d, title=None, spacing_m=1.0):
+    """An input frame for inference: the frame with every person's 2D skeleton beside their 3D
+    skeletons (no ground truth).
+
+    Args:
+        image_uint8: (H, W, 3) uint8 RGB full frame.
+        joints_2d: list of (17, 2) joints in pixels of that frame, one per person.
+        joints_3d: list of (17, 3) root-relative camera-frame metres, same people; drawn side by
+            side, person i shifted by i * spacing_m along X.
+        title: optional text above the frame.
+    Returns:
+        matplotlib Figure (Agg canvas), the frame panel as wide as the frame's aspect asks.
+    """
+    image = _image_hwc(image_uint8)
+    height, width = image.shape[:2]
+    image_width = min(max(_ROW_HEIGHT * width / height, 1.5), 3 * _ROW_HEIGHT)
+    fig = _new_figure(image_width + _PLOT_WIDTH, _ROW_HEIGHT)
+    grid = GridSpec(1, 2, figure=fig, width_ratios=[image_width, _PLOT_WIDTH], wspace=0.05,
+                    left=0.02, right=0.98, top=0.92, bottom=0.04)
+    ax_image = fig.add_subplot(grid[0, 0])
+    _draw_image_with_skeletons(ax_image, image, joints_2d)
+    if title:
+        ax_image.set_title(str(title), fontsize=8)
+    ax_pose = fig.add_subplot(grid[0, 1], projection="3d")
+    poses = [_plot_coordinates(_numpy(pose).astype(np.float64)) + np.array([i * spacing_m, 0, 0])
+             for i, pose in enumerate(joints_3d)]
+    if poses:
+        _draw_poses_3d(ax_pose, poses)
+        ax_pose.set_title(f"{len(poses)} {'person' if len(poses) == 1 else 'people'}, 3D (m)",
+                          fontsize=8)
+    else:
+        ax_pose.set_axis_off()
+        ax_pose.set_title("nobody found", fontsize=8)
+    return fig

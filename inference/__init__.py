@@ -1,0 +1,5 @@
+"""Inference on users' images and videos (DESIGN 8): `Predictor` is the one entry point."""
+
+from inference.predictor import FrameRequest, Person, Predictor
+
+__all__ = ["FrameRequest", "Person", "Predictor"]
