@@ -14,6 +14,12 @@ import torch  # noqa: E402
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pytest.ini): one single-threaded test process per core the suite may use,
+    at most 4, because each worker holds its own paper-size models (about 2 GB at peak)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
 @pytest.fixture
 def tiny_h36m_dir(tmp_path):
     """A folder with h36m_train.pkl (6 frames), h36m_validation.pkl (5) and full-frame JPEGs."""
