@@ -317,3 +317,15 @@ def test_raw_readers_name_the_problem(tmp_path):
     scipy.io.savemat(annotation, {"annot2": cells, "univ_annot3": cells})
     with pytest.raises(MetaPoseError, match="camera 0 has annot2 \\(3, 56\\) and univ_annot3"):
         read_train_annotation(annotation)
+
+
+def test_frame_write_failure_is_one_message_and_leaves_no_temporary(tmp_path):
+    from tools.prepare_3dhp import _write_jpeg
+
+    (tmp_path / "blocker").write_text("a file where the image folder should be")
+    target = tmp_path / "blocker" / "img_000001.jpg"
+    with pytest.raises(MetaPoseError, match="cannot write .*img_000001.jpg"):
+        _write_jpeg(str(target), np.zeros((8, 8, 3), np.uint8), 90)
+    _write_jpeg(str(tmp_path / "ok.jpg"), np.full((8, 8, 3), 200, np.uint8), 90)
+    assert sorted(os.listdir(tmp_path)) == ["blocker", "ok.jpg"]
+    assert cv2.imread(str(tmp_path / "ok.jpg")).shape == (8, 8, 3)

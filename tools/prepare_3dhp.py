@@ -62,7 +62,7 @@ from datasets.mpi_inf_3dhp_labels import (  # noqa: E402
 from datasets.mpi_inf_3dhp_raw import (  # noqa: E402
     read_calibration, read_test_annotation, read_train_annotation,
 )
-from utils.atomic_files import atomic_write_text  # noqa: E402
+from utils.atomic_files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from utils.cli import positive_int, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 
@@ -93,14 +93,12 @@ class Report:
 
 
 def _write_jpeg(path, image, quality):
-    """Encodes `image` (BGR) and puts it at `path` through a temporary name."""
+    """Encodes `image` (BGR) and writes it atomically: a killed or failed run leaves no
+    half-written frame, and a full disk is one message."""
     ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
         raise MetaPoseError(f"JPEG encoding failed for '{path}'.")
-    temporary = f"{path}.tmp"
-    with open(temporary, "wb") as handle:
-        handle.write(encoded.tobytes())
-    os.replace(temporary, path)
+    atomic_write_bytes(path, encoded.tobytes())
 
 
 def _frames_of(job):
