@@ -14,6 +14,7 @@ without gradients from a cache (`cache`); neither changes a feature beyond float
 """
 
 import functools
+import importlib.util
 import os
 import warnings
 
@@ -38,7 +39,24 @@ TEXT_LAYOUTS = ("published", "sot_first")
 
 @functools.lru_cache(maxsize=1)
 def _tokenizer():
-    # Imported lazily: open_clip pulls in timm and costs about 2 s to import.
+    """open_clip's CLIP BPE tokenizer (its vocabulary ships with the package, no download).
+
+    Only its `tokenizer.py` is loaded: importing the `open_clip` package runs its __init__,
+    which imports timm, torchvision and every model definition, about 4 s in every process
+    (each torchrun rank, every DataLoader-free tool start). The tokenizer module imports nothing
+    of the package, so it is loaded from the package's folder on its own; if that ever fails
+    (another packaging), the ordinary import is used."""
+    spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
+    if spec is not None and spec.origin:
+        path = os.path.join(os.path.dirname(spec.origin), "tokenizer.py")
+        try:
+            module_spec = importlib.util.spec_from_file_location("_metapose_clip_tokenizer",
+                                                                 path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+            return module.SimpleTokenizer()
+        except (ImportError, OSError, AttributeError):
+            pass
     from open_clip.tokenizer import SimpleTokenizer
     return SimpleTokenizer()
 
