@@ -9,6 +9,8 @@ import json
 import os
 import time
 
+import utils.openmp_env  # noqa: F401  (before torch: OpenMP reads its settings when loaded)
+
 import torch
 
 import engine

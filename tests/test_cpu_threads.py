@@ -93,3 +93,36 @@ def test_local_processes_from_the_launcher(monkeypatch):
 def test_cpu_threads_key_is_checked():
     with pytest.raises(MetaPoseError, match="'speed.cpu_threads'.*>= 1"):
         load_config(None, ["speed.cpu_threads=0"])
+
+
+# The import hook records OMP_WAIT_POLICY at the moment torch is first imported.
+_PROBE = """
+import importlib.abc, os, sys
+seen = []
+class Probe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY"))
+        return None
+sys.meta_path.insert(0, Probe())
+import train
+print(seen[0])
+"""
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_train_sets_a_passive_openmp_wait_policy_before_torch(preset, expected):
+    """libgomp reads OMP_WAIT_POLICY once, when torch loads it: train.py must set it first (and
+    keep a value the user chose)."""
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    result = subprocess.run([sys.executable, "-c", _PROBE], cwd=repo, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-1] == expected
