@@ -175,6 +175,26 @@ def test_resume_after_stop_and_sigterm_is_exact(workspace, baseline):
     assert a["scheduler"] == b["scheduler"] and a["best_score"] == b["best_score"]
 
 
+def _same_weights(run_a, run_b):
+    a = load(os.path.join(run_a, "checkpoints", "last.pt"))["model"]
+    b = load(os.path.join(run_b, "checkpoints", "last.pt"))["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cpu_training_is_deterministic(workspace, baseline):
+    """The same command twice (2 compute threads) gives bit-identical weights and metrics, and
+    DataLoader workers change nothing: 1 worker ends exactly where the baseline's 0 did."""
+    for name in ("det_a", "det_b"):
+        run_train(workspace.args(name, "speed.cpu_threads=2"))
+    run_train(workspace.args("det_workers", "speed.cpu_threads=1", "data.num_workers=1"))
+    for one, other in (("det_a", "det_b"), ("base", "det_workers")):
+        first, second = workspace.run_dir(one), workspace.run_dir(other)
+        assert _same_weights(first, second), (one, other)
+        assert read_metrics(first) == read_metrics(second), (one, other)
+    log = open(os.path.join(workspace.run_dir("det_workers"), "log.txt"), encoding="utf-8").read()
+    assert "1 compute thread(s) and 1 DataLoader worker(s)" in log
+
+
 RANDOM_INIT = "randomly initialised"
 
 
