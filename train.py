@@ -9,6 +9,8 @@ import json
 import os
 import time
 
+import utils.openmp_env  # noqa: F401  (before torch: OpenMP reads its settings when loaded)
+
 import torch
 
 import engine
@@ -19,6 +21,7 @@ from utils.atomic_files import atomic_write_text
 from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
 from utils.cli import run_cli
 from utils.config import CHOICES, load_config
+from utils.cpu_threads import configure_cpu_threads
 from utils.errors import MetaPoseError
 from utils.launcher_watchdog import watch_launcher
 from utils.logger import NullWriter, build_tb_writer, close_logger, setup_logger
@@ -156,7 +159,9 @@ class Training:
     """One training run: the model (unwrapped for checkpoints and evaluation, DDP-wrapped for
     training steps), the data, the optimisation state and the epoch loop."""
 
-    def __init__(self, config, context, paths, args, logger):
+    def __init__(self, config, context, paths, args, logger, workers=None):
+        """workers: DataLoader workers per process (None: data.num_workers; on a CPU train.py
+        passes the thread plan's, utils/cpu_threads.py)."""
         self.config, self.context, self.paths = config, context, paths
         self.logger, self.writer = logger, None
         self.notes = []  # lines for the head of config.yaml (settings a resume changed)
@@ -168,12 +173,12 @@ class Training:
         self.validation_changed = args.resume is not None and check_resumed_data(
             start_checkpoint.get("data") or {}, self.data, start_path, args.allow_data_change,
             logger)
-        data, speed = config.data, config.speed
+        speed = config.speed
+        workers = config.data.num_workers if workers is None else workers
         self.train_loader = build_train_loader(
-            train_set, config.train.batch_size, data.num_workers, config.seed, context,
-            speed.pin_memory)
+            train_set, config.train.batch_size, workers, config.seed, context, speed.pin_memory)
         self.val_loader = build_eval_loader(
-            val_set, config.eval.batch_size, data.num_workers, context, speed.pin_memory)
+            val_set, config.eval.batch_size, workers, context, speed.pin_memory)
         self.metric_set = metric_set_for(val_set)
         self.model = build_model(config, context, weights_from_checkpoint=start_path is not None)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
@@ -360,7 +365,7 @@ class Evaluation:
     """--eval: scores released weights or a checkpoint and writes eval.json (the metrics record
     plus "checkpoint": {path, sha256} and "data": {"validation": {path, sha256, frames}})."""
 
-    def __init__(self, config, context, paths, args, logger):
+    def __init__(self, config, context, paths, args, logger, workers=None):
         self.config, self.context, self.paths, self.logger = config, context, paths, logger
         self.notes = []
         self.path = eval_checkpoint_path(args, config)
@@ -369,8 +374,9 @@ class Evaluation:
         converted = load_model_state(checkpoint, self.path)  # a published file is converted here
         self.epoch = converted[1].epoch
         (val_set,) = build_datasets(config, context, ("validation",))
-        self.loader = build_eval_loader(val_set, config.eval.batch_size, config.data.num_workers,
-                                        context, config.speed.pin_memory)
+        workers = config.data.num_workers if workers is None else workers
+        self.loader = build_eval_loader(val_set, config.eval.batch_size, workers, context,
+                                        config.speed.pin_memory)
         self.metric_set = metric_set_for(val_set)
         self.model = build_model(config, context, weights_from_checkpoint=True)
         load_weights(self.model, checkpoint, self.path, config, logger, converted)
@@ -420,6 +426,7 @@ def main(argv=None):
     eval_checkpoint = eval_checkpoint_path(args, config) if args.eval else None
     context = dist_utils.init_distributed(args.local_rank,
                                           init_timeout=config.distributed.init_timeout)
+    threads = configure_cpu_threads(config, context)  # None on CUDA
     with sigterm_raises():  # a start stopped by the launcher still cleans up after itself
         run = open_run_dir(args, config, eval_checkpoint)
         logger = setup_logger(context.rank, run.paths.file("log.txt"))
@@ -428,8 +435,11 @@ def main(argv=None):
             logger.info("%s run in %s (%d process(es) on %s)",
                         "evaluation" if args.eval else "training", run.paths.root,
                         context.world_size, context.device)
-            job = (Evaluation if args.eval else Training)(config, context, run.paths, args,
-                                                          logger)
+            if threads is not None:
+                logger.info("%s", threads.describe())
+            job = (Evaluation if args.eval else Training)(
+                config, context, run.paths, args, logger,
+                workers=None if threads is None else threads.workers)
             if not args.eval:
                 run.started(config, job.notes)  # a training's directory is kept from here on
             writer = build_tb_writer(run.paths.file("tb"), context.rank)

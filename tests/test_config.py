@@ -40,7 +40,7 @@ def test_base_chain_merges_in_order():
     assert config.data.root == "data/synthetic_tiny"      # tiny overrides demo
     assert config.data.num_workers == 0
     assert config.model.image_encoder.pretrained is None  # from demo (the base)
-    assert config.train.lr == 0.002                       # from demo
+    assert config.train.flip_mode == "batch"              # from demo
     assert config.train.weight_decay == 0.1               # from the defaults
 
 

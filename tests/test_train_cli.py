@@ -23,11 +23,11 @@ TINY = os.path.join(REPO, "experiments", "tests", "tiny.yaml")
 VAL_FRAMES = 37  # experiments/tests/tiny.yaml
 
 
-def _env():
+def _env(warnings="ignore"):
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     # One thread per process: on a shared 2-core machine OpenMP threads fight each other badly.
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS=warnings)
     return env
 
 
@@ -44,8 +44,8 @@ def _command(args, processes=1, launcher="torch.distributed.run"):
             f"--master_port={_free_port()}", os.path.join(REPO, "train.py")] + args
 
 
-def run_train(args, processes=1, launcher="torch.distributed.run", expect=0):
-    result = subprocess.run(_command(args, processes, launcher), cwd=REPO, env=_env(),
+def run_train(args, processes=1, launcher="torch.distributed.run", expect=0, warnings="ignore"):
+    result = subprocess.run(_command(args, processes, launcher), cwd=REPO, env=_env(warnings),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == expect, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -173,6 +173,51 @@ def test_resume_after_stop_and_sigterm_is_exact(workspace, baseline):
         for name, value in state.items():
             assert torch.equal(value, b["optimizer"]["state"][key][name]), (key, name)
     assert a["scheduler"] == b["scheduler"] and a["best_score"] == b["best_score"]
+
+
+def _same_weights(run_a, run_b):
+    a = load(os.path.join(run_a, "checkpoints", "last.pt"))["model"]
+    b = load(os.path.join(run_b, "checkpoints", "last.pt"))["model"]
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cpu_training_is_deterministic(workspace, baseline):
+    """The same command twice (2 compute threads) gives bit-identical weights and metrics, and
+    DataLoader workers change nothing: 1 worker ends exactly where the baseline's 0 did."""
+    for name in ("det_a", "det_b"):
+        run_train(workspace.args(name, "speed.cpu_threads=2"))
+    run_train(workspace.args("det_workers", "speed.cpu_threads=1", "data.num_workers=1"))
+    for one, other in (("det_a", "det_b"), ("base", "det_workers")):
+        first, second = workspace.run_dir(one), workspace.run_dir(other)
+        assert _same_weights(first, second), (one, other)
+        assert read_metrics(first) == read_metrics(second), (one, other)
+    log = open(os.path.join(workspace.run_dir("det_workers"), "log.txt"), encoding="utf-8").read()
+    assert "1 compute thread(s) and 1 DataLoader worker(s)" in log
+
+
+RANDOM_INIT = "randomly initialised"
+
+
+def test_no_random_init_warning_when_weights_come_from_a_checkpoint(workspace, baseline):
+    """A fresh start warns that the encoders are random (the tiny config has no pretrained
+    files); --eval, --resume and --checkpoint load every weight, so they must not."""
+    fresh = run_train(workspace.args("warn_fresh", "train.epochs=1"), warnings="default")
+    assert RANDOM_INIT in fresh.stdout + fresh.stderr
+    checkpoint = os.path.join(baseline, "checkpoints", "last.pt")
+    runs = {"--eval": ["--eval", "--checkpoint", checkpoint],
+            "--checkpoint": ["--checkpoint", checkpoint, "train.epochs=1"],
+            "--resume": ["--resume"]}
+    for name, extra in runs.items():
+        run_name = "warn_fresh" if name == "--resume" else f"warn{name}"
+        if name == "--resume":
+            extra = extra + ["train.epochs=2"]
+        result = run_train(workspace.args(run_name, *extra), warnings="default")
+        output = result.stdout + result.stderr
+        assert RANDOM_INIT not in output, (name, output[-3000:])
+        log = open(os.path.join(workspace.run_dir(run_name), "log.txt"), encoding="utf-8").read()
+        if name == "--resume":  # the log of the run goes on from its fresh start
+            log = log.split("resumed from")[-1]
+        assert RANDOM_INIT not in log, name
 
 
 def test_fresh_start_never_overwrites_a_run(workspace, baseline):

@@ -22,6 +22,7 @@ NULLABLE_TYPES = {
     "model.text_encoder.width": int,
     "model.text_encoder.layers": int,
     "train.clip_grad": float,
+    "speed.cpu_threads": int,
 }
 
 class Range:
@@ -98,6 +99,7 @@ NUMERIC_RANGES = {
     "eval.every": Range(1, None),
     "eval.num_visualize": Range(0, None),
     "distributed.init_timeout": Range(0, None, low_open=True),
+    "speed.cpu_threads": Range(1, None),
 }
 
 # Keys whose value must divide another's: (key, divisor key or fixed number, why).
