@@ -16,8 +16,11 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pytest.ini): one single-threaded test process per core the suite may use,
-    at most 4, because each worker holds its own paper-size models (about 2 GB at peak)."""
-    return max(1, min(len(os.sched_getaffinity(0)), 4))
+    at most 4, because each worker holds its own paper-size models (about 2 GB at peak). The
+    cores are counted as training counts them (affinity and cgroup quota)."""
+    from utils.cpu_threads import usable_cores
+
+    return min(usable_cores(), 4)
 
 
 @pytest.fixture
