@@ -8,7 +8,6 @@ build a (tiny) model."""
 import os
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 import train
+from tests.launch import child_env, free_port
 from datasets.safe_pickle import load_pickle_safely
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,24 +92,13 @@ def world(tmp_path_factory):
     return space
 
 
-def _env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(extra)
-    return env
-
-
 def _train_py(args, processes=1, env=None):
     if processes == 1:
         command = [sys.executable, os.path.join(REPO, "train.py")] + args
     else:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                   f"--master_port={port}", os.path.join(REPO, "train.py")] + args
-    return subprocess.run(command, cwd=REPO, env=_env(**(env or {})), capture_output=True,
+                   f"--master_port={free_port()}", os.path.join(REPO, "train.py")] + args
+    return subprocess.run(command, cwd=REPO, env=child_env(**(env or {})), capture_output=True,
                           text=True, timeout=300)
 
 

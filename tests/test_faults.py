@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import train
+from tests.launch import child_env, free_port
 from utils.cli import run_cli
 from utils.errors import MetaPoseError
 
@@ -426,23 +427,14 @@ def test_lock_is_freed_when_its_holder_is_killed(tmp_path):
 
 
 def _env(**extra):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", **extra)
-    return env
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return child_env(PYTHONWARNINGS="ignore", **extra)
 
 
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_missing_peer_times_out_with_a_message(space, rank):
     """WORLD_SIZE=2 but only this process: it waits distributed.init_timeout seconds (3 here,
     300 by default), not 30 minutes, and says what is wrong."""
-    env = _env(WORLD_SIZE="2", RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    env = _env(WORLD_SIZE="2", RANK=rank, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     started = time.monotonic()
     result = subprocess.run([sys.executable, os.path.join(REPO, "train.py"),
                              *space.args("alone" + rank), "distributed.init_timeout=3"],
@@ -476,7 +468,7 @@ def test_ranks_stop_when_their_launcher_is_killed(space):
     import psutil
 
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               f"--master_port={_free_port()}", os.path.join(REPO, "train.py"),
+               f"--master_port={free_port()}", os.path.join(REPO, "train.py"),
                *space.args("orphans", "train.epochs=100", "train.log_every=1")]
     agent = subprocess.Popen(command, cwd=REPO, env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import torch
 import yaml
 
 import train
+from tests.launch import child_env, free_port
 from utils import run_dir, training_checkpoint
 from utils.errors import MetaPoseError
 
@@ -24,24 +24,14 @@ VAL_FRAMES = 37  # experiments/tests/tiny.yaml
 
 
 def _env(warnings="ignore"):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    # One thread per process: on a shared 2-core machine OpenMP threads fight each other badly.
-    env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS=warnings)
-    return env
-
-
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return child_env(PYTHONWARNINGS=warnings)
 
 
 def _command(args, processes=1, launcher="torch.distributed.run"):
     if processes == 1:
         return [sys.executable, os.path.join(REPO, "train.py")] + args
     return [sys.executable, "-m", launcher, f"--nproc_per_node={processes}",
-            f"--master_port={_free_port()}", os.path.join(REPO, "train.py")] + args
+            f"--master_port={free_port()}", os.path.join(REPO, "train.py")] + args
 
 
 def run_train(args, processes=1, launcher="torch.distributed.run", expect=0, warnings="ignore"):
