@@ -36,9 +36,6 @@ class MetaPose(nn.Module):
             self.image_encoder.eval()  # batch-norm statistics of a frozen encoder never move
         return self
 
-    def encoder_modules(self):
-        return (self.image_encoder, self.text_encoder)
-
     def trainable_parameters(self):
         """Parameters with requires_grad: the pose network (+ trained prompts, + HRNet if not
         frozen)."""
