@@ -14,7 +14,6 @@ heatmap head is not exported (2D joints are inputs).
 import contextlib
 import io
 import os
-import tempfile
 import warnings
 
 import numpy as np
@@ -23,6 +22,7 @@ from torch import nn
 
 from inference.loading import TextFeatureTable, resolve_action
 from models.flip_test import predict
+from utils.atomic_files import atomic_write_bytes
 from utils.errors import MetaPoseError
 
 MIN_OPSET = 16  # grid_sample
@@ -114,47 +114,43 @@ def export_onnx(loaded, out_path, action=None, flip_test=False, opset=DEFAULT_OP
     folder = os.path.dirname(os.path.abspath(out_path))
     try:
         os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".export-", suffix=".onnx", dir=folder)
-        os.close(handle)
     except OSError as error:
         raise MetaPoseError(f"cannot write '{out_path}' ({error.strerror or error}); pass a "
                             "writable --out.") from None
-    try:
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(module, example, temporary, input_names=names,
-                                  output_names=["joints_3d"], opset_version=int(opset),
-                                  dynamic_axes={name: {0: "batch"} for name in
-                                                names + ["joints_3d"]}, dynamo=False)
-            except Exception as error:  # the exporter's own errors name the unsupported op
-                text = str(error).strip().splitlines()
-                raise MetaPoseError(f"the network cannot be exported to ONNX opset {opset}: "
-                                    f"{type(error).__name__}: {text[0] if text else ''}") from None
-        graph = onnx.load(temporary)
-        onnx.checker.check_model(graph)
-        metadata = {"text_rows": ",".join(rows), "joints_3d": "metres, H36M order, camera axes",
-                    "flip_test": str(bool(flip_test)).lower(),
-                    "image_size": "x".join(str(v) for v in loaded.config.data.image_size),
-                    "source": os.path.basename(loaded.path)}
-        for key, value in metadata.items():
-            graph.metadata_props.add(key=key, value=value)
-        onnx.save(graph, temporary)
-        session = onnxruntime.InferenceSession(temporary, providers=["CPUExecutionProvider"])
-        worst = 0.0
-        for batch in check_batches:
-            inputs = example_inputs(loaded.config, batch, len(rows), generator)[:len(names)]
-            with torch.no_grad():
-                expected = module(*inputs).numpy()
-            got = session.run(None, {name: value.numpy() for name, value in zip(names, inputs)})[0]
-            worst = max(worst, float(np.abs(got - expected).max()))
-        if not worst < TOLERANCE_M:
-            raise MetaPoseError(f"the exported graph differs from PyTorch by {worst:.2e} m "
-                                f"(more than {TOLERANCE_M:g} m) in onnxruntime; nothing was "
-                                "written. Try another --opset.")
-        os.replace(temporary, out_path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    # the graph stays in memory until onnxruntime has checked it; then one atomic write
+    exported = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, example, exported, input_names=names,
+                              output_names=["joints_3d"], opset_version=int(opset),
+                              dynamic_axes={name: {0: "batch"} for name in
+                                            names + ["joints_3d"]}, dynamo=False)
+        except Exception as error:  # the exporter's own errors name the unsupported op
+            text = str(error).strip().splitlines()
+            raise MetaPoseError(f"the network cannot be exported to ONNX opset {opset}: "
+                                f"{type(error).__name__}: {text[0] if text else ''}") from None
+    graph = onnx.load_from_string(exported.getvalue())
+    onnx.checker.check_model(graph)
+    metadata = {"text_rows": ",".join(rows), "joints_3d": "metres, H36M order, camera axes",
+                "flip_test": str(bool(flip_test)).lower(),
+                "image_size": "x".join(str(v) for v in loaded.config.data.image_size),
+                "source": os.path.basename(loaded.path)}
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=value)
+    data = graph.SerializeToString()
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in check_batches:
+        inputs = example_inputs(loaded.config, batch, len(rows), generator)[:len(names)]
+        with torch.no_grad():
+            expected = module(*inputs).numpy()
+        got = session.run(None, {name: value.numpy() for name, value in zip(names, inputs)})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if not worst < TOLERANCE_M:
+        raise MetaPoseError(f"the exported graph differs from PyTorch by {worst:.2e} m "
+                            f"(more than {TOLERANCE_M:g} m) in onnxruntime; nothing was "
+                            "written. Try another --opset.")
+    atomic_write_bytes(out_path, data)
     return {"rows": rows, "inputs": names, "max_abs_diff_m": worst,
             "bytes": os.path.getsize(out_path)}
