@@ -1,4 +1,4 @@
-"""DataLoader worker memory with the columnar label cache versus a list of dicts (DESIGN 1.1).
+"""DataLoader worker memory with the columnar label cache versus a list of dicts (docs/method.md §1.1).
 
 Writes a synthetic label pickle of --frames entries, then iterates a DataLoader with --workers
 workers over (a) H36MDataset on the memory-mapped columns and (b) a naive dataset holding the

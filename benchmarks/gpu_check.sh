@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures the speed targets of issue 6 on one CUDA GPU in one go (about 5 minutes on an H100).
+# Measures MetaPose's speed targets on one CUDA GPU in one go (about 5 minutes on an H100).
 #
 # Paper configuration (HRNet-W32, CLIP ViT-B/32, 256x192 crops), batch 400, one GPU:
 #   train      >= 3000 samples/s          (published implementation: 611, fp32)

@@ -1,7 +1,7 @@
 """First start at the real size: converting a 1,559,752-entry label pickle into the column cache.
 
 Writes a training pickle of --entries entries holding what tools/prepare_h36m.py puts in each
-entry (DESIGN 1.1: float64 joints, a per-entry camera dict, box, joints_vis, ...), then, each in
+entry (docs/method.md §1.1: float64 joints, a per-entry camera dict, box, joints_vis, ...), then, each in
 a fresh process, runs the first start (`load_labels` converting the pickle) and a cached start,
 and prints the time and the peak resident memory of each, plus the RSS the process keeps after
 the conversion (what forked DataLoader workers would inherit).

@@ -1,5 +1,5 @@
 """Loading a full-size MPI-INF-3DHP training label file: the first (converting) and the cached
-load, and building the dataset over it (DESIGN 9: 1,052,736 samples).
+load, and building the dataset over it (docs/method.md §6: 1,052,736 samples).
 
 Writes a file in CA-PF's layout with the real sequence lengths (SEQUENCE_INFO x the 8 vnect
 cameras) and random joints, then prints its size, the seconds of each step and the peak RSS.

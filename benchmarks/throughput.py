@@ -1,4 +1,4 @@
-"""Throughput benchmark of MetaPose training and evaluation (DESIGN 5 and 6).
+"""Throughput benchmark of MetaPose training and evaluation (docs/benchmarks.md).
 
 Model mode (default) feeds the engine's own loops (`engine.train_one_epoch`, `engine.evaluate`)
 with a batch of the real shapes and ranges held in host memory, as the DataLoader delivers it

@@ -1,6 +1,6 @@
 """H36M camera geometry: projection with optional distortion, person box, screen coordinates.
 
-Conventions (DESIGN 1.1):
+Conventions (docs/method.md §1.1):
     * camera coordinates: x right, y down, z forward (into the scene); H36M stores millimetres,
       the label pickles store `joints_3d` in metres. A world point X maps to the camera frame as
       R @ (X - T), with T the camera centre in world millimetres (the H36M-Toolbox convention).
@@ -23,7 +23,7 @@ __all__ = [
 # 58860488, 60457274); two cameras film 1000 x 1002, two 1000 x 1000.
 H36M_FRAME_SIZES = {0: (1000, 1002), 1: (1000, 1000), 2: (1000, 1000), 3: (1000, 1002)}
 
-# The person box of DESIGN 1.1: a 2000 x 2000 mm square in the root joint's depth plane,
+# The person box of docs/method.md §1.1: a 2000 x 2000 mm square in the root joint's depth plane,
 # root x +- 1000 mm and root y from -900 mm (above the root; y points down) to +1100 mm.
 BOX_HALF_WIDTH_MM = 1000.0
 BOX_TOP_MM = -900.0
@@ -63,7 +63,7 @@ def project(points_cam, fx, fy, cx, cy, k=None, p=None):
 
 
 def box_from_root(root_cam_mm, fx, fy, cx, cy):
-    """The person box of DESIGN 1.1 from the root (pelvis) joint, pinhole projection.
+    """The person box of docs/method.md §1.1 from the root (pelvis) joint, pinhole projection.
 
     Args:
         root_cam_mm: (..., 3) root joint(s) in camera coordinates, millimetres.

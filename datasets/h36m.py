@@ -1,4 +1,4 @@
-"""The H36M dataset (DESIGN 1): one sample per frame and camera, read from the label columns."""
+"""The H36M dataset (docs/method.md §1): one sample per frame and camera, read from the label columns."""
 
 import logging
 import os

@@ -1,4 +1,4 @@
-"""JPEG reading and the person crop of DESIGN 1.1: full frame -> 192x256 crop pixels.
+"""JPEG reading and the person crop of docs/method.md §1.1: full frame -> 192x256 crop pixels.
 
 Pixel convention everywhere (full frames and crops): integer coordinates are pixel centres, so
 pixel (0, 0) covers [-0.5, 0.5]^2 and a W-wide image spans [-0.5, W - 0.5]. The crop is the map

@@ -1,4 +1,4 @@
-"""Per-frame label dicts (DESIGN 1.1) -> validated numpy columns, one batch of entries at a time.
+"""Per-frame label dicts (docs/method.md §1.1) -> validated numpy columns, one batch of entries at a time.
 
 Labels that are wrong without looking wrong are refused here, with the entry index, the key and
 the likely cause: numbers of the wrong kind (strings, booleans, complex numbers, objects), wrong
@@ -219,7 +219,7 @@ def _structure_problem(entries):
                 return _Problem(index, "joints_2d", (
                     "is there but 'joints_2d_gt' / 'joints_2d_cpn' are not: this is the output of "
                     "the plain H36M-Toolbox script (joints_2d in pixels, joints_3d in millimetres, "
-                    "no CPN detections), not the format MetaPose reads (DESIGN 1.1: metres, "
+                    "no CPN detections), not the format MetaPose reads (docs/method.md §1.1: metres, "
                     "normalised screen coordinates and crop pixels, CPN keys). Build the labels "
                     "from the raw release with tools/prepare_h36m.py"))
             missing = sorted(REQUIRED_KEYS - entry.keys())
@@ -239,7 +239,7 @@ def _unit_problems(columns):
         if bad is not None:
             problems.append(_Problem(bad, "joints_3d", (
                 f"has bones of median length {median[bad]:.1f}: the joints are in millimetres, "
-                "but the labels must hold metres (DESIGN 1.1). The plain H36M-Toolbox script "
+                "but the labels must hold metres (docs/method.md §1.1). The plain H36M-Toolbox script "
                 "writes millimetres; tools/prepare_h36m.py divides by 1000")))
         else:
             low, high = PLAUSIBLE_BONE_M
@@ -261,7 +261,7 @@ def _unit_problems(columns):
                 problems.append(_Problem(bad, key, (
                     f"holds {largest[bad]:.1f}: these look like pixels, but the labels must hold "
                     "normalised screen coordinates u = x / w * 2 - 1, v = y / w * 2 - h / w "
-                    "(about -1..1, DESIGN 1.1). The plain H36M-Toolbox script writes pixels; "
+                    "(about -1..1, docs/method.md §1.1). The plain H36M-Toolbox script writes pixels; "
                     "tools/prepare_h36m.py writes normalised coordinates")))
     for key in ("joints_2d_gt_crop", "joints_2d_cpn_crop"):
         if key in columns:
@@ -271,7 +271,7 @@ def _unit_problems(columns):
             if bad is not None:
                 problems.append(_Problem(bad, key, (
                     f"spreads over only {spread[bad]:.2f} pixels: these look like normalised "
-                    "coordinates, but the key must hold pixels of the 192x256 crop (DESIGN 1.1)")))
+                    "coordinates, but the key must hold pixels of the 192x256 crop (docs/method.md §1.1)")))
     return problems
 
 
@@ -325,7 +325,7 @@ def convert_batch(entries, offset=0, source="<labels>"):
     """Validates consecutive label entries and converts them into columns (see COLUMN_SPECS).
 
     Args:
-        entries: list of dicts in the DESIGN 1.1 format.
+        entries: list of dicts in the format of docs/method.md §1.1.
         offset: index of entries[0] in the whole file (for messages).
         source: file name used in messages.
     Returns:

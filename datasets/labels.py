@@ -1,4 +1,4 @@
-"""H36M label pickles (DESIGN 1.1) as validated columnar numpy arrays, cached as .npy files.
+"""H36M label pickles (docs/method.md §1.1) as validated columnar numpy arrays, cached as .npy files.
 
 The pickles are lists of one dict per frame; held as Python objects they cost tens of GB and
 are copied page by page into every DataLoader worker. `load_labels` converts a pickle once into
@@ -33,7 +33,7 @@ def entries_to_columns(entries, source="<labels>"):
     """Validates a list of per-frame label dicts (in memory) and converts it into columns.
 
     Args:
-        entries: list of dicts in the DESIGN 1.1 format.
+        entries: list of dicts in the format of docs/method.md §1.1.
         source: file name used in error messages.
     Returns:
         dict column name -> numpy array with N = len(entries) rows (see COLUMN_SPECS).
@@ -52,7 +52,7 @@ def _check_list(result, source):
     the number of entries streamed)."""
     if not isinstance(result, (list, tuple, int)) or isinstance(result, bool):
         raise MetaPoseError(f"label file '{source}' holds a {type(result).__name__}, expected a "
-                            f"list with one dict per frame (DESIGN 1.1). {FIX_HINT}")
+                            f"list with one dict per frame (docs/method.md §1.1). {FIX_HINT}")
     if (result if isinstance(result, int) else len(result)) == 0:
         raise MetaPoseError(f"label file '{source}' holds an empty list: it has no frames. "
                             f"{FIX_HINT}")
@@ -73,7 +73,7 @@ def load_labels(pickle_path, cache_dir=None):
     """The frames of an H36M label pickle as columns (see COLUMN_SPECS), converted once and cached.
 
     Args:
-        pickle_path: an `h36m_*.pkl` label file (DESIGN 1.1).
+        pickle_path: an `h36m_*.pkl` label file (docs/method.md §1.1).
         cache_dir: folder for the cache; None = next to the pickle.
     Returns:
         dict column name -> numpy array, N rows each. Read-only memory maps when the cache

@@ -1,4 +1,4 @@
-"""The MPI-INF-3DHP dataset (DESIGN 9): samples with exactly the fields and conventions of the
+"""The MPI-INF-3DHP dataset (docs/method.md §6): samples with exactly the fields and conventions of the
 H36M ones, read from the columns of a CA-PF label file (datasets/mpi_inf_3dhp_labels.py).
 
 Joints are in H36M order (the 3DHP joints mapped by `MPI_TO_H36M`), so the H36M left/right pairs

@@ -1,4 +1,4 @@
-"""MPI-INF-3DHP label files in Context-Aware PoseFormer's layout (DESIGN 9), read safely as cached
+"""MPI-INF-3DHP label files in Context-Aware PoseFormer's layout (docs/method.md §6), read safely as cached
 columns, and written atomically (by tools/prepare_3dhp.py and the synthetic generator).
 
 A label file is `np.savez_compressed(file, data=layout)` of a dict (an object array, so reading it
@@ -63,7 +63,7 @@ TRAIN_FRAME_SIZE = (2048, 2048)  # (width, height) of every training video
 TEST_SEQUENCES = ("TS1", "TS2", "TS3", "TS4", "TS5", "TS6")
 TEST_FRAME_SIZES = {"TS1": (2048, 2048), "TS2": (2048, 2048), "TS3": (2048, 2048),
                     "TS4": (2048, 2048), "TS5": (1920, 1080), "TS6": (1920, 1080)}
-# What CA-PF's preparation of the full release gives (DESIGN 9).
+# What CA-PF's preparation of the full release gives (docs/method.md §6).
 EXPECTED_TRAIN_SAMPLES = 1052736  # every valid frame of the 8 cameras: 131,592 x 8
 EXPECTED_VALID_TEST_FRAMES = {"TS1": 603, "TS2": 540, "TS3": 505, "TS4": 553, "TS5": 276,
                               "TS6": 452}

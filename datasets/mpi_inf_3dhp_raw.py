@@ -1,4 +1,4 @@
-"""Readers of the raw MPI-INF-3DHP release (DESIGN 9), for tools/prepare_3dhp.py:
+"""Readers of the raw MPI-INF-3DHP release (docs/method.md §6), for tools/prepare_3dhp.py:
 
     S<s>/Seq<q>/camera.calibration        cameras 0..13, a text file (`read_calibration`)
     S<s>/Seq<q>/annot.mat                 MATLAB v5: cells annot2 (T, 56) pixels and

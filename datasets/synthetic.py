@@ -1,7 +1,7 @@
-"""Synthetic H36M (DESIGN 1.5): a posable 17-joint skeleton filmed by four H36M-like cameras.
+"""Synthetic H36M (docs/method.md §1.5): a posable 17-joint skeleton filmed by four H36M-like cameras.
 
 `generate_synthetic` writes label pickles and JPEG images in exactly the format of the real
-data (DESIGN 1.1), so the whole pipeline runs on it without real data:
+data (docs/method.md §1.1), so the whole pipeline runs on it without real data:
 
     out_dir/h36m_train.pkl         subjects 1, 5, 6, 7, 8
     out_dir/h36m_validation.pkl    subjects 9, 11
@@ -367,7 +367,7 @@ _INTRINSICS = (
 
 
 def make_camera(seed, subject, camera_id):
-    """The label `camera` dict (DESIGN 1.1) of one subject's camera: R (3,3), T (3,1) mm world
+    """The label `camera` dict (docs/method.md §1.1) of one subject's camera: R (3,3), T (3,1) mm world
     position (X_cam = R @ (X_world - T)), fx, fy, cx, cy (px), k (3,1), p (2,1).
 
     The cameras stand in the corners of the room, 4.85-5.15 m from its centre, 1.4-1.7 m high,
@@ -703,7 +703,7 @@ def prepare_output(out_dir, train_frames, val_frames, seed):
 
 
 def generate_synthetic(out_dir, train_frames, val_frames, seed, full_frames=False, verbose=True):
-    """Writes a synthetic H36M set in the label and image format of DESIGN 1.1.
+    """Writes a synthetic H36M set in the label and image format of docs/method.md §1.1.
 
     Args:
         out_dir: output folder (created); receives h36m_train.pkl, h36m_validation.pkl and

@@ -1,4 +1,4 @@
-"""Synthetic MPI-INF-3DHP (the offline stand-in of DESIGN 9), in exactly CA-PF's label layout:
+"""Synthetic MPI-INF-3DHP (the offline stand-in of docs/method.md §6), in exactly CA-PF's label layout:
 
     out_dir/data_train_3dhp.npz   S1..S8 x Seq1, Seq2 filmed by the 8 "vnect" cameras (2048x2048)
     out_dir/data_test_3dhp.npz    TS1..TS6 with valid flags; TS1-TS4 2048x2048 (the studio camera

@@ -1,5 +1,5 @@
 """Batch transforms on the device: uint8 images to normalised floats, and horizontal flips that
-change the image and every target together (DESIGN 1.3)."""
+change the image and every target together (docs/method.md §1.3)."""
 
 import torch
 
@@ -18,7 +18,7 @@ def prepare_batch(batch, device, channels_last=False):
     Returns:
         dict with images float (B,3,H,W) ImageNet-normalised, keypoints_2d, keypoints_2d_crop,
         joints_3d and actions, where the samples marked `flip` are mirrored consistently
-        (image, both 2D joint sets and the 3D target; DESIGN 1.3).
+        (image, both 2D joint sets and the 3D target; docs/method.md §1.3).
     """
     # Asynchronous copies (the DataLoader pins its batches when training on CUDA): nothing here
     # waits for the device, so the host can queue the step while the previous one still runs.

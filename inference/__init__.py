@@ -1,4 +1,4 @@
-"""Inference on users' images and videos (DESIGN 8): `Predictor` is the one entry point."""
+"""Inference on users' images and videos (docs/method.md §5): `Predictor` is the one entry point."""
 
 from inference.predictor import FrameRequest, Person, Predictor
 

@@ -1,7 +1,7 @@
 """2D joints given by a user or a 2D detector: COCO-17 -> H36M-17 conversion and input checks.
 
 All arrays are full-frame pixels (x right, y down, integer coordinates at pixel centres) of the
-input frame. H36M order is the project's joint order (utils/skeleton.py, DESIGN 1.3).
+input frame. H36M order is the project's joint order (utils/skeleton.py, docs/method.md §1.3).
 """
 
 import numpy as np

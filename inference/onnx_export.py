@@ -1,5 +1,5 @@
 """Export of a trained MetaPose (HRNet trunk + pose network) to ONNX with its text features baked
-in as a constant table, checked against PyTorch with onnxruntime (DESIGN 8).
+in as a constant table, checked against PyTorch with onnxruntime (docs/method.md §5).
 
 The graph: inputs `images` (B, 3, H, W) float32, RGB normalised with the ImageNet mean/std, at
 data.image_size; `keypoints_2d` (B, 17, 2) normalised screen coordinates of the frame

@@ -1,4 +1,4 @@
-"""The one inference entry point: `Predictor` turns frames into 3D poses (DESIGN 8).
+"""The one inference entry point: `Predictor` turns frames into 3D poses (docs/method.md §5).
 
 For each person of a frame: a box (given, detected, or the whole frame) -> the data pipeline's
 192x256 crop (datasets/images.py) resized to data.image_size -> 2D joints (given, or decoded from

@@ -1,4 +1,4 @@
-"""Transformation Alignment (DESIGN 2.7): the Gaussian prompt from the spatial tokens, one fusion
+"""Transformation Alignment (docs/method.md §2.7): the Gaussian prompt from the spatial tokens, one fusion
 layer per level, and cross-attention of the fused tokens to the prompt.
 
 Shapes: B batch, V = 5 token levels (4 image levels + the keypoint or text level), P joints,

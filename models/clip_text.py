@@ -1,5 +1,5 @@
 """OpenAI CLIP's text tower (state-dict keys of OpenAI's checkpoints) and reading its weights
-from OpenAI's published files or from state dicts (DESIGN 2.2)."""
+from OpenAI's published files or from state dicts (docs/method.md §2.2)."""
 
 import os
 import pickle

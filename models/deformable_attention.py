@@ -1,4 +1,4 @@
-"""Deformable sampling attention (DESIGN 2.4): the published module, a plain reference of its
+"""Deformable sampling attention (docs/method.md §2.4): the published module, a plain reference of its
 sampling and the fast paths that compute the same numbers.
 
 Coordinates. Locations are (x, y) grid coordinates of `F.grid_sample` with the network's
@@ -13,7 +13,7 @@ shared by the H heads: a sample that falls outside the map is exactly the bias.
 
 The paths, all exact up to floating-point rounding because the projection is linear:
 - `deformable_sample_reference`: per level, head and point, grid_sample the point, project it
-  (bias included), weight it, sum over K; heads concatenated. The DESIGN text, literally.
+  (bias included), weight it, sum over K; heads concatenated. docs/method.md §2.4, literally.
 - `sample_then_project`: one grid_sample of the raw features per level, the weighted sum over K
   first, then the projection: W (sum_k w_k s_k) + b sum_k w_k.
 - `project_then_sample`: project the map once with W only (Dh channels), one grid_sample of it,
@@ -157,7 +157,7 @@ def deformable_sample_fast(maps, projections, locations, weights, align_corners,
 class DeformableSamplingAttention(nn.Module):
     """Each token (level l, joint p) samples map l at H x K points around its reference point,
     projects the samples with `sample_proj[l]` and returns, per head, the softmax-weighted sum of
-    its K samples, heads concatenated (DESIGN 2.4). No value projection before the sampling and
+    its K samples, heads concatenated (docs/method.md §2.4). No value projection before the sampling and
     no output projection after it.
 
     sampling_offsets: Linear(D -> 2 H K), laid out (H, K, xy); tanh is applied to its output and

@@ -1,4 +1,4 @@
-"""Level sampling and the Spatial- and Semantic-Driven Modality Enhancement (DESIGN 2.3, 2.5, 2.6).
+"""Level sampling and the Spatial- and Semantic-Driven Modality Enhancement (docs/method.md §2.3, 2.5, 2.6).
 
 Shapes: B batch, L image feature levels (4), P joints (17), D embed_dim. Reference points are
 (x, y) grid coordinates of grid_sample with the network's align_corners (the grid convention,

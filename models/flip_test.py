@@ -1,4 +1,4 @@
-"""Flip-test prediction (DESIGN 3): the mean of the prediction and the mirrored prediction of the
+"""Flip-test prediction (docs/method.md §3): the mean of the prediction and the mirrored prediction of the
 mirrored input. Evaluation, inference and the benchmarks all call this one function."""
 
 import torch

@@ -276,7 +276,7 @@ class HRNet(nn.Module):
     def forward(self, images):
         """images: (B, 3, H, W) float RGB normalised with the ImageNet mean/std (any H, W >= 1).
 
-        Returns a list of 4 maps, from high to low resolution (DESIGN 2.1):
+        Returns a list of 4 maps, from high to low resolution (docs/method.md §2.1):
           [0] (B, C,  ceil(H/4),  ceil(W/4))   the fused highest-resolution output of stage 4
           [1] (B, 2C, ceil(H/8),  ceil(W/8))   branch 1 of stage 4's first module, before its fuse
           [2] (B, 4C, ceil(H/16), ceil(W/16))  branch 2 of that module, before its fuse

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# LayerNorm eps of the published network (DESIGN 2): 1e-5 everywhere (PyTorch's default) except
+# LayerNorm eps of the published network (docs/method.md §2): 1e-5 everywhere (PyTorch's default) except
 # inside the lifting blocks, which use 1e-6.
 LAYER_NORM_EPS = 1e-5
 LIFTING_BLOCK_EPS = 1e-6

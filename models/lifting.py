@@ -1,4 +1,4 @@
-"""Lifting transformer (DESIGN 2.8): attention over the 5 levels of each joint, then over the
+"""Lifting transformer (docs/method.md §2.8): attention over the 5 levels of each joint, then over the
 17 joints at width 5 D, then a linear head to 3D."""
 
 import torch

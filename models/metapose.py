@@ -1,4 +1,4 @@
-"""MetaPose (DESIGN 2): the frozen image and text encoders around the pose network, and
+"""MetaPose (docs/method.md §2): the frozen image and text encoders around the pose network, and
 `build_model(config)`."""
 
 import torch

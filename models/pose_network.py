@@ -1,4 +1,4 @@
-"""The pose network of MetaPose (DESIGN 2.3-2.8), everything between the two frozen encoders and
+"""The pose network of MetaPose (docs/method.md §2.3-2.8), everything between the two frozen encoders and
 the 3D pose: modality tokens, the two enhancers, the transformation alignment and the lifting.
 `MetaPose.pose_net` is one of these; its parameters are "the pose network" of the paper
 (14,999,309 for HRNet-W32 + ViT-B/32). `models/published_layout.py` maps the published names
@@ -19,7 +19,7 @@ from utils.skeleton import NUM_JOINTS
 
 
 class ModalityTokens(nn.Module):
-    """The three token sets (DESIGN 2.3):
+    """The three token sets (docs/method.md §2.3):
     points = point_embed(kp2d) + point_pos            (B, 1, P, D)  Linear(2 -> D), (1, P, D)
     text   = text_embed(text features) + text_pos     (B, 1, P, D)  Linear(Dt -> D), (1, P, D)
     levels = level_embed[l](map_l at the crop joints) + level_pos

@@ -1,6 +1,6 @@
 """Prompts files: the sentences that describe each joint (and the action) to the text encoder.
 
-A prompts file is YAML (DESIGN 7) with exactly these keys:
+A prompts file is YAML (docs/method.md §4) with exactly these keys:
 
     template:        joint_action sentences; slots {joint} {part} {action} {description}
     joint_template:  joint-mode sentences (no action); slots {joint} {part}
@@ -11,7 +11,7 @@ A prompts file is YAML (DESIGN 7) with exactly these keys:
 
 {action} is the CamelCase H36M action name (e.g. `TakingPhoto`), as the published code fills
 it. Sentences are always built with the action of their own row: the published batch-order bug
-(sentence i built with the action of sample i) is never reproduced (DESIGN 2.9).
+(sentence i built with the action of sample i) is never reproduced (docs/method.md §2.9).
 """
 
 import difflib

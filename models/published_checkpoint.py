@@ -1,4 +1,4 @@
-"""Checkpoints written by the authors' published train.py (DESIGN 7): detected by their keys and
+"""Checkpoints written by the authors' published train.py (docs/method.md §4): detected by their keys and
 converted in memory to this project's state-dict layout.
 
 A published file is `{"epoch", "lr", "optimizer", "model"}`; "model" (keys usually with DDP's

@@ -1,7 +1,7 @@
 """The published names of the pose network and where each lives in this project's MetaPose.
 
-The authors' `train.py` saves the pose network under `pose_net.*` (DESIGN 7;
-`shared/reference/published_checkpoint_layout.json` lists every name and shape). This project
+The authors' `train.py` saves the pose network under `pose_net.*` (docs/method.md §4;
+`tests/data/published_checkpoint_layout.json` lists every name and shape). This project
 keeps the same tensors, same shapes, under names that say what they are. `PUBLISHED_RENAMES`
 is the whole map: an ordered list of (published pattern, our key) rules, each matched against
 the whole name after `pose_net.`; the first rule that matches gives the key. Index groups
@@ -24,14 +24,14 @@ _BLOCK = r"(\d+)"
 
 # (published name after `pose_net.`, our key after `pose_net.`), first match wins.
 PUBLISHED_RENAMES = (
-    # Modality tokens (DESIGN 2.3)
+    # Modality tokens (docs/method.md §2.3)
     (r"coord_embed" + _LINEAR, r"tokens.point_embed.\1"),
     (r"Spatial_pos_embed", r"tokens.point_pos"),
     (r"text_proj" + _LINEAR, r"tokens.text_embed.\1"),
     (r"Spatial_txt_embed", r"tokens.text_pos"),
     (r"feat_embed\.(\d+)" + _LINEAR, r"tokens.level_embed.\1.\2"),
     (r"Spatial_img_embed", r"tokens.level_pos"),
-    # Deformable attention inside either enhancer (DESIGN 2.4)
+    # Deformable attention inside either enhancer (docs/method.md §2.4)
     (r"SpatialEn\.(\d+)\.de_att\.(sampling_offsets|attention_weights)" + _LINEAR,
      r"spatial.blocks.\1.attn.\2.\3"),
     (r"SpatialEn\.(\d+)\.de_att\.embed_proj\.(\d+)" + _LINEAR,
@@ -40,11 +40,11 @@ PUBLISHED_RENAMES = (
      r"semantic.blocks.\1.attn.\2.\3"),
     (r"SemanticEn\.(\d+)\.de_att\.embed_proj\.(\d+)" + _LINEAR,
      r"semantic.blocks.\1.attn.sample_proj.\2.\3"),
-    # Spatial-Driven enhancement blocks (DESIGN 2.5)
+    # Spatial-Driven enhancement blocks (docs/method.md §2.5)
     (r"SpatialEn\.(\d+)\.norm1" + _LINEAR, r"spatial.blocks.\1.norm_query.\2"),
     (r"SpatialEn\.(\d+)\.norm2" + _LINEAR, r"spatial.blocks.\1.norm_mlp.\2"),
     (r"SpatialEn\.(\d+)\.mlp\.(fc1|fc2)" + _LINEAR, r"spatial.blocks.\1.mlp.\2.\3"),
-    # Semantic-Driven enhancement blocks and their shared query table (DESIGN 2.6)
+    # Semantic-Driven enhancement blocks and their shared query table (docs/method.md §2.6)
     (r"query_embed\.weight", r"semantic.query_pos"),
     (r"SemanticEn\.(\d+)\.norm1" + _LINEAR, r"semantic.blocks.\1.norm_query.\2"),
     (r"SemanticEn\.(\d+)\.offsets" + _LINEAR, r"semantic.blocks.\1.ref_step.\2"),
@@ -52,13 +52,13 @@ PUBLISHED_RENAMES = (
     (r"SemanticEn\.(\d+)\.norm2" + _LINEAR, r"semantic.blocks.\1.norm_sampled.\2"),
     (r"SemanticEn\.(\d+)\.norm3" + _LINEAR, r"semantic.blocks.\1.norm_mlp.\2"),
     (r"SemanticEn\.(\d+)\.mlp\.(fc1|fc2)" + _LINEAR, r"semantic.blocks.\1.mlp.\2.\3"),
-    # Transformation alignment (DESIGN 2.7)
+    # Transformation alignment (docs/method.md §2.7)
     (r"dist_proj" + _LINEAR, r"alignment.gaussian.\1"),
     (r"fusion\.(\d+)" + _LINEAR, r"alignment.fusion.\1.\2"),
     (r"dis_cross\.norm" + _LINEAR, r"alignment.cross_attn.norm_query.\1"),
     (r"dis_cross\.text_norm" + _LINEAR, r"alignment.cross_attn.norm_prompt.\1"),
     (r"dis_cross\.(query|key|value)" + _LINEAR, r"alignment.cross_attn.\1.\2"),
-    # Lifting (DESIGN 2.8); the blocks keep their inner names
+    # Lifting (docs/method.md §2.8); the blocks keep their inner names
     (r"scale_pos_embed", r"lifting.level_pos"),
     (r"scale_blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)" + _LINEAR,
      r"lifting.level_blocks.\1.\2.\3"),
@@ -91,5 +91,5 @@ def published_pose_net_key(name):
     raise MetaPoseError(
         f"{full!r} is not a tensor of the published MetaPose pose network (expected a "
         "'pose_net.' name such as pose_net.coord_embed.weight or pose_net.SpatialEn.0.norm1."
-        "weight, as in shared/reference/published_checkpoint_layout.json): the checkpoint is "
+        "weight, as in tests/data/published_checkpoint_layout.json): the checkpoint is "
         "not in the published layout, or was written by a different version of that code.")

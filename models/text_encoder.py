@@ -1,6 +1,6 @@
-"""Per-joint text features: prompted sentences through the frozen CLIP text tower (DESIGN 2.2).
+"""Per-joint text features: prompted sentences through the frozen CLIP text tower (docs/method.md §2.2).
 
-Two layouts of the sequence fed to the transformer (`model.text_encoder.layout`, DESIGN 2.9):
+Two layouts of the sequence fed to the transformer (`model.text_encoder.layout`, docs/method.md §2.9):
 
 - `published` (the paper configuration): [the P prompts of joint j, then the first 77 - P token
   embeddings of the sentence], read at position argmax(token ids) of the *unshifted* sentence,

@@ -1,4 +1,4 @@
-"""Deformable sampling (DESIGN 2.4): the fast paths (sample-then-project, project-then-sample and
+"""Deformable sampling (docs/method.md §2.4): the fast paths (sample-then-project, project-then-sample and
 their per-level mix) against the plain reference, values and the gradients of every input (maps,
 locations, weights, projection weight and bias), both grid conventions, points on the border and
 far outside; an independent by-hand bilinear sampler; gradcheck; the module's initialisation."""

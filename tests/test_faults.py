@@ -191,7 +191,7 @@ def test_best_checkpoint_and_records_survive_a_kill_at_every_write(space, point)
 
 
 def as_older_version(path):
-    """Rewrites the training checkpoint `path` as versions before metric sets and issue 12 wrote
+    """Rewrites the training checkpoint `path` as earlier development versions wrote
     it: the best score under 'best_p1', no 'best_epoch' (nor the other later fields)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["best_p1"] = checkpoint.pop("best_score")

@@ -232,7 +232,7 @@ def test_random_frozen_trunk_passes_image_content_on():
 
 def test_levels_are_the_branch_outputs_of_the_first_stage4_module():
     """Level 0 is the final fused output; levels 1-3 are what the branches of stage 4's first
-    module return, before its fuse layers (DESIGN 2.1), not the maps handed to stage 4."""
+    module return, before its fuse layers (docs/method.md §2.1), not the maps handed to stage 4."""
     torch.manual_seed(0)
     model = build_image_encoder("hrnet_32", None, frozen=True, width=4)
     captured = {}

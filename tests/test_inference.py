@@ -38,7 +38,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def synthetic_frames(tmp_path_factory):
-    """A synthetic validation split of 4 full 1000x1002 frames (DESIGN 1.5)."""
+    """A synthetic validation split of 4 full 1000x1002 frames (docs/method.md §1.5)."""
     from datasets.synthetic import generate_synthetic
 
     root = str(tmp_path_factory.mktemp("synthetic"))

@@ -18,7 +18,7 @@ from utils.errors import MetaPoseError
 
 
 def _many_entries(count, seed=0):
-    """`count` entries built from bulk arrays (fast), in the DESIGN 1.1 layout and units."""
+    """`count` entries built from bulk arrays (fast), in the layout and units of docs/method.md §1.1."""
     rng = np.random.default_rng(seed)
     template = np.stack([np.zeros(3)] + [rng.normal(0, 0.25, 3) for _ in range(16)])
     joints_3d = template + rng.normal(0, 0.02, size=(count, 17, 3)) + np.array([0, 0, 5.0])

@@ -1,6 +1,6 @@
 """MetaPose end to end on CPU: the published parameter count and structure facts (LayerNorm eps,
 drop-path rates, initialisation), shapes, gradients reaching only the trainable parts, the
-switches of DESIGN 2.9 that live in the network, deterministic batch-independent evaluation, and
+switches of docs/method.md §2.9 that live in the network, deterministic batch-independent evaluation, and
 the larger encoder variants."""
 
 import warnings
@@ -16,7 +16,7 @@ from utils.config import load_config
 PAPER = "experiments/human36m/human36m.yaml"
 TINY = "experiments/tests/tiny.yaml"
 RANDOM_ENCODERS = ["model.image_encoder.pretrained=null", "model.text_encoder.pretrained=null"]
-# DESIGN 2 / the published layout's pose_net_parameters (HRNet-W32, ViT-B/32).
+# docs/method.md §2 / the published layout's pose_net_parameters (HRNet-W32, ViT-B/32).
 PAPER_POSE_NET = 14_999_309
 # Other widths change only the level projections and text_proj: W48 adds 16 * (1+2+4+8) input
 # channels to feat_embed (x128), the 4 spatial and 4 semantic de_att embed_proj (x32) and the

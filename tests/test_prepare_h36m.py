@@ -275,7 +275,7 @@ def test_errors(release, tmp_path):
 
 
 def test_box_is_the_design_box(release):
-    """The box of an entry is the 2 x 2 m square around the root (DESIGN 1.1)."""
+    """The box of an entry is the 2 x 2 m square around the root (docs/method.md §1.1)."""
     _, poses, _ = release
     joints = poses[(1, "Directions 1", 0)][0]
     camera = make_camera(7, 1, 0)

@@ -89,7 +89,7 @@ def entries_of_model(model):
 
 
 def expected_key(name):
-    """Where the test expects each published tensor (written from DESIGN 7, not the converter)."""
+    """Where the test expects each published tensor (written from docs/method.md §4, not the converter)."""
     if name == "learnable_prompts":
         return "text_encoder.prompts"
     if name.startswith("text_encoder."):

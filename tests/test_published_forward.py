@@ -1,5 +1,5 @@
-"""The whole pose network against DESIGN 2 written out a second time, as plain functions of a state
-dict in the PUBLISHED names (shared/reference/published_checkpoint_layout.json).
+"""The whole pose network against docs/method.md §2 written out a second time, as plain functions of a state
+dict in the PUBLISHED names (tests/data/published_checkpoint_layout.json).
 
 The module classes, the rename map (models/published_layout.py), the (head, point, xy) order of
 the sampling offsets, the level-major flattening, the per-level and per-block projections, the
@@ -29,7 +29,7 @@ ENHANCER_EPS, LIFTING_BLOCK_EPS = 1e-5, 1e-6
 
 
 # ----------------------------------------------------------------------------------------------
-# DESIGN 2.3-2.8 as functions of a published-name state dict `w` (float64, evaluation mode)
+# docs/method.md §2.3-2.8 as functions of a published-name state dict `w` (float64, evaluation mode)
 
 
 def linear(w, name, x):
@@ -45,7 +45,7 @@ def mlp(w, name, x):
 
 
 def grid_of(crop, convention):
-    """Crop pixels (B, P, 2) -> grid coordinates and align_corners (DESIGN 2.3 / 2.9)."""
+    """Crop pixels (B, P, 2) -> grid coordinates and align_corners (docs/method.md §2.3 / 2.9)."""
     x, y = crop[..., 0], crop[..., 1]
     if convention == "published":
         return torch.stack([x / 96 - 1, y / 128 - 1], -1), True
@@ -59,7 +59,7 @@ def bilinear(feature, points, align):
 
 
 def deformable(w, name, y, ref, maps, heads, points, align):
-    """DESIGN 2.4: y (B, L, P, D), ref (B, 1 or L, P, 2)."""
+    """docs/method.md §2.4: y (B, L, P, D), ref (B, 1 or L, P, 2)."""
     batch, levels, joints, _ = y.shape
     weights = linear(w, name + ".attention_weights", y).view(batch, levels, joints, heads, points)
     weights = weights.softmax(-1)
@@ -88,7 +88,7 @@ def lifting_block(w, name, x, heads):
 
 def published_pose_net(w, maps, keypoints_2d, keypoints_crop, text_features, depth, heads=4,
                        points=4, align_heads=4, lift_heads=8, convention="published"):
-    """The raw (B, P, 3) output of DESIGN 2 in evaluation with eps = 0 (eval_noise mean)."""
+    """The raw (B, P, 3) output of docs/method.md §2 in evaluation with eps = 0 (eval_noise mean)."""
     grid, align = grid_of(keypoints_crop, convention)
     batch, joints, _ = keypoints_2d.shape
     levels = len(maps)
@@ -100,7 +100,7 @@ def published_pose_net(w, maps, keypoints_2d, keypoints_crop, text_features, dep
 
     ref = grid[:, None]  # (B, 1, P, 2)
     x = level_tokens
-    for i in range(depth):  # DESIGN 2.5
+    for i in range(depth):  # docs/method.md §2.5
         y = norm(w, f"SpatialEn.{i}.norm1", x + point_tokens, ENHANCER_EPS)
         x = x + deformable(w, f"SpatialEn.{i}.de_att", y, ref, maps, heads, points, align)
         x = x + mlp(w, f"SpatialEn.{i}.mlp", norm(w, f"SpatialEn.{i}.norm2", x, ENHANCER_EPS))
@@ -108,7 +108,7 @@ def published_pose_net(w, maps, keypoints_2d, keypoints_crop, text_features, dep
 
     query_pos = w["query_embed.weight"].view(levels, joints, -1)
     x, ref = level_tokens, grid[:, None]
-    for i in range(depth):  # DESIGN 2.6
+    for i in range(depth):  # docs/method.md §2.6
         block = f"SemanticEn.{i}"
         y = norm(w, block + ".norm1", x + text_tokens, ENHANCER_EPS)
         ref = ref + torch.tanh(linear(w, block + ".offsets", y))  # becomes (B, L, P, 2)

@@ -29,7 +29,7 @@ def to_screen(pixels, width=FRAME_W, height=FRAME_H):
 
 
 def box(root):
-    """center, scale of the DESIGN 1.1 box (2 m square around the root, metres in)."""
+    """center, scale of the box of docs/method.md §1.1 (2 m square around the root, metres in)."""
     x1 = (root[0] - 1.0) / root[2] * FX + CX
     x2 = (root[0] + 1.0) / root[2] * FX + CX
     y1 = (root[1] - 0.9) / root[2] * FY + CY
@@ -87,7 +87,7 @@ def image_name(subject, action, subaction, camera, frame):
 
 
 def make_entries(count, seed=0, subjects=(1, 5, 6, 7, 8)):
-    """`count` label dicts in the DESIGN 1.1 format with consistent projections."""
+    """`count` label dicts in the format of docs/method.md §1.1 with consistent projections."""
     rng = np.random.default_rng(seed)
     entries = []
     for index in range(count):

@@ -7,9 +7,9 @@
         --train-frames 2000 --val-frames 500 --seed 0
 
 H36M (the default, datasets/synthetic.py) writes OUT/h36m_train.pkl, OUT/h36m_validation.pkl and
-OUT/images/<sequence>/<sequence>_<frame>.jpg in the format of the real data (DESIGN 1.1).
+OUT/images/<sequence>/<sequence>_<frame>.jpg in the format of the real data (docs/method.md §1.1).
 MPI-INF-3DHP (datasets/synthetic_3dhp.py) writes OUT/data_train_3dhp.npz, OUT/data_test_3dhp.npz
-(CA-PF's layout, DESIGN 9; --val-frames counts valid test frames) and 256x192 crops under
+(CA-PF's layout, docs/method.md §6; --val-frames counts valid test frames) and 256x192 crops under
 OUT/images. Point data.root at OUT to train on it.
 """
 

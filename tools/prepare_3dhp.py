@@ -1,4 +1,4 @@
-"""Converts the raw MPI-INF-3DHP release into CA-PF's label files and person crops (DESIGN 9).
+"""Converts the raw MPI-INF-3DHP release into CA-PF's label files and person crops (docs/method.md §6).
 
     python tools/prepare_3dhp.py --raw /data/mpi_inf_3dhp --out data/mpi_inf_3dhp --workers 8
 

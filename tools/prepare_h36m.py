@@ -1,4 +1,4 @@
-"""Converts the raw Human3.6M release into the label pickles (and optional crops) of DESIGN 1.1.
+"""Converts the raw Human3.6M release into the label pickles (and optional crops) of docs/method.md §1.1.
 
     python tools/prepare_h36m.py --raw /data/h36m --out data [--crop] [--subsample 1]
 
@@ -41,7 +41,7 @@ a temporary name that becomes OUT/h36m_train.pkl / OUT/h36m_validation.pkl when 
 same inputs give byte-identical pickles.
 
 Outputs: OUT/h36m_train.pkl (subjects 1, 5, 6, 7, 8) and OUT/h36m_validation.pkl (9, 11), lists
-of dicts with the keys of DESIGN 1.1 (joints_3d in metres, 2D joints as normalised screen
+of dicts with the keys of docs/method.md §1.1 (joints_3d in metres, 2D joints as normalised screen
 coordinates and 192x256 crop pixels, the box from the root joint); with --crop also the 256x192
 crops, in --crop-dir (default: images/ beside OUT, the published layout). 2D ground truth is
 the projection of the 3D joints with the camera's distortion.
@@ -338,7 +338,7 @@ def cpn_for(cpn, cpn_path, subject, recording, camera_id):
 
 def recording_entries(subject, action, subaction, camera_id, video_id, joints_mm, cpn_px,
                       camera, width, height, frames, nposes):
-    """Label dicts (DESIGN 1.1) of the given frames of one recording.
+    """Label dicts (docs/method.md §1.1) of the given frames of one recording.
 
     Args:
         joints_mm: (T, 17, 3) camera-frame joints, millimetres, and cpn_px (T, 17, 2) detected
@@ -628,7 +628,7 @@ def _subjects(text):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Convert the raw Human3.6M release into MetaPose label pickles (DESIGN 1.1).",
+        description="Convert the raw Human3.6M release into MetaPose label pickles (docs/method.md §1.1).",
         epilog="Input layouts, skipped gaps, resuming and the action-name mapping: see the "
                "docstring at the top of tools/prepare_h36m.py.")
     parser.add_argument("--raw", required=True, help="folder with S1, S5, ... of the release")

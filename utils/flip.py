@@ -1,4 +1,4 @@
-"""Horizontal flips of a batch (DESIGN 1.3): image, 2D joints, crop joints and 3D joints together.
+"""Horizontal flips of a batch (docs/method.md §1.3): image, 2D joints, crop joints and 3D joints together.
 
 All functions are pure, work on torch tensors of any leading batch shape, and are their own
 inverse (flipping twice returns the input exactly).

@@ -6,7 +6,7 @@ from utils.errors import MetaPoseError
 from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 
 
-# How crop pixels become grid_sample coordinates (DESIGN 2.3 and 2.9), and the align_corners
+# How crop pixels become grid_sample coordinates (docs/method.md §2.3 and 2.9), and the align_corners
 # flag every grid_sample of the network then uses:
 #   published     gx = x / 96 - 1, gy = y / 128 - 1 with align_corners=True (the authors' code:
 #                 -1/+1 are the centres of the border pixels of each map, so the same crop point
@@ -21,7 +21,7 @@ def check_grid_convention(convention):
     """Raises MetaPoseError unless `convention` is one of GRID_CONVENTIONS."""
     if convention not in GRID_CONVENTIONS:
         raise MetaPoseError(f"model.grid_convention is {convention!r}; use one of "
-                            f"{', '.join(GRID_CONVENTIONS)} (DESIGN 2.9).")
+                            f"{', '.join(GRID_CONVENTIONS)} (docs/method.md §2.9).")
 
 
 def grid_align_corners(convention):
@@ -35,7 +35,7 @@ def crop_pixels_to_grid(keypoints_crop, convention="pixel_centre"):
     normalised (x, y) coordinates that grid_sample reads with `grid_align_corners(convention)`;
     one grid point is the same crop point on every feature level whatever its resolution.
     With pixel_centre, mirroring x -> 191 - x in pixels is exactly g -> -g, so flips commute
-    with feature sampling; with published it is not (the published defect, DESIGN 2.9).
+    with feature sampling; with published it is not (the published defect, docs/method.md §2.9).
     """
     check_grid_convention(convention)
     shift = 0.5 if convention == "pixel_centre" else 0.0

@@ -1,4 +1,4 @@
-"""MPI-INF-3DHP evaluation, the dataset's own protocol (DESIGN 9): PCK@150 mm and AUC over
+"""MPI-INF-3DHP evaluation, the dataset's own protocol (docs/method.md §6): PCK@150 mm and AUC over
 0, 5, ..., 150 mm on 14 joints, MPJPE on all 17, per sequence, per scene and in total.
 
 Frames: valid test frames only (the dataset drops the others; `update` also takes a mask).
