@@ -32,7 +32,7 @@ def test_base_chain_merges_in_order():
     assert config.data.root == "data/synthetic_tiny"      # tiny overrides demo
     assert config.data.num_workers == 0
     assert config.model.image_encoder.pretrained is None  # from demo (the base)
-    assert config.train.flip_mode == "batch"              # from demo
+    assert config.train.lr_decay == 0.99                  # tiny's own, not demo's 0.75
     assert config.train.weight_decay == 0.1               # from the defaults
 
 
