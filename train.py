@@ -173,19 +173,18 @@ class Training:
         self.validation_changed = args.resume is not None and check_resumed_data(
             start_checkpoint.get("data") or {}, self.data, start_path, args.allow_data_change,
             logger)
-        speed = config.speed
         workers = config.data.num_workers if workers is None else workers
+        # Batches are pinned on CUDA (asynchronous copies), never on the CPU (datasets/loaders.py).
         self.train_loader = build_train_loader(
-            train_set, config.train.batch_size, workers, config.seed, context, speed.pin_memory)
-        self.val_loader = build_eval_loader(
-            val_set, config.eval.batch_size, workers, context, speed.pin_memory)
+            train_set, config.train.batch_size, workers, config.seed, context)
+        self.val_loader = build_eval_loader(val_set, config.eval.batch_size, workers, context)
         self.metric_set = metric_set_for(val_set)
         self.model = build_model(config, context, weights_from_checkpoint=start_path is not None)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer,
                                                                 gamma=config.train.lr_decay)
-        use_scaler = speed.amp == "fp16" and context.device.type == "cuda"
+        use_scaler = config.speed.amp == "fp16" and context.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.state = self._initial_state(args, start_path, start_checkpoint, converted)
         trainable = sum(p.numel() for p in self.model.trainable_parameters())
@@ -375,8 +374,7 @@ class Evaluation:
         self.epoch = converted[1].epoch
         (val_set,) = build_datasets(config, context, ("validation",))
         workers = config.data.num_workers if workers is None else workers
-        self.loader = build_eval_loader(val_set, config.eval.batch_size, workers, context,
-                                        config.speed.pin_memory)
+        self.loader = build_eval_loader(val_set, config.eval.batch_size, workers, context)
         self.metric_set = metric_set_for(val_set)
         self.model = build_model(config, context, weights_from_checkpoint=True)
         load_weights(self.model, checkpoint, self.path, config, logger, converted)

@@ -98,7 +98,7 @@ if [ "$PART" != data ]; then
   # channels-last uint8 images, flips and normalisation on the GPU).
   log "== tests/test_speed_equivalence.py on CUDA"
   timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_speed_equivalence.py \
-    -k "cuda or sample_then_project" 2>&1 | tail -n 5 | tee -a "$LOG"
+    -k "cuda or reference_paths" 2>&1 | tail -n 5 | tee -a "$LOG"
   bench paper_w32_b400_compare --device cuda --batch 400 --compare
   if [ "${RUN_W48:-0}" = 1 ]; then
     bench paper_w48_b400_fast --device cuda --batch 400 --image_encoder hrnet_48

@@ -5,8 +5,9 @@ them. This script replaces the two frozen encoders by their precomputed outputs 
 and text features at every step: the encoders are frozen, so that changes nothing downstream)
 and times what is left: a training step of the pose network (forward, MPJPE, backward, AdamW)
 and a flip-test evaluation forward (2B frames for B samples). Both paths are built with the
-same seed and weights; the plain one uses the per-level/head/point reference sampling. The
-two paths run alternately, step by step, and each figure is the fastest of `--steps` steps.
+same seed and weights; the plain one runs the per-level/head/point reference sampling
+(`models.reference_paths`). The two paths run alternately, step by step, and each figure is the
+fastest of `--steps` steps.
 
     OMP_NUM_THREADS=1 python benchmarks/pose_network.py --batch 8 --json
 """
@@ -26,10 +27,10 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from models import build_model  # noqa: E402
+from models.reference_paths import reference_paths  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.metrics import mpjpe  # noqa: E402
 
-PLAIN = ["speed.fast_sampling=false", "speed.sample_then_project=false"]
 RANDOM_ENCODERS = ["model.image_encoder.pretrained=null", "model.text_encoder.pretrained=null"]
 
 
@@ -55,6 +56,8 @@ def _inputs(batch, height, width, device, seed=0):
 
 
 def _model(config_path, overrides, inputs, device):
+    """The model of `config_path` (seed 0, random encoders) with its encoders replaced by their
+    outputs for `inputs`."""
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -133,9 +136,10 @@ def main(argv=None):
     inputs = _inputs(args.batch, height, width, device)
     report = {"config": args.config, "batch": args.batch, "steps": args.steps,
               "threads": torch.get_num_threads(), "device": args.device}
-    models = {name: _model(args.config, overrides + list(args.overrides), inputs, device)
-              for name, overrides in (("plain", PLAIN), ("fast", []))}
-    report.update(measure(models, inputs, args.steps, args.warmup, device))
+    models = {name: _model(args.config, list(args.overrides), inputs, device)
+              for name in ("plain", "fast")}
+    with reference_paths(models["plain"]):
+        report.update(measure(models, inputs, args.steps, args.warmup, device))
     for key in ("train_samples_per_s", "eval_samples_per_s"):
         report[key.replace("samples_per_s", "speedup")] = report["fast"][key] / report["plain"][key]
     if args.json:

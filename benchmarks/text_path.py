@@ -8,7 +8,9 @@ The CLIP tower has random weights (no file is read here); speed and the truncati
 depend on the values. Prints, per layout:
 
     tokens_truncated / tokens_full      positions run per sequence (longest read index + 1 / 77)
-    encode_all_s_truncated / _full      seconds for the 15 x 17 sequences without gradients
+    encode_all_s_truncated / _full      seconds for the 15 x 17 sequences without gradients:
+                                        the encoder's own (truncated) path / the reference
+                                        over all 77 positions (text_features_reference)
     train_step_s_trained                forward + backward of the 15 actions, trained prompts
     train_step_s_frozen                 the same call with frozen prompts (served from the cache)
     max_abs_diff / max_rel_diff         truncated vs full features (float32)
@@ -26,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from models.prompts import DEFAULT_PROMPTS_FILE  # noqa: E402
-from models.text_encoder import TEXT_LAYOUTS, build_text_encoder  # noqa: E402
+from models.text_encoder import (TEXT_LAYOUTS, build_text_encoder,  # noqa: E402
+                                 text_features_reference)
 from utils.skeleton import ACTION_IDS  # noqa: E402
 
 
@@ -64,15 +67,16 @@ def measure(layout, args, device):
 
     def encode(truncate):
         def run():
-            encoder.truncate = truncate
-            encoder.clear_cache()
             with torch.no_grad():
-                features[truncate] = encoder(actions)
+                if truncate:  # the encoder's own path: all actions at once, into its cache
+                    encoder.clear_cache()
+                    features[truncate] = encoder(actions)
+                else:
+                    features[truncate] = text_features_reference(encoder, actions)
         return run
 
     def train_step():
         encoder.train()
-        encoder.truncate = True
         out = encoder(actions)
         if out.requires_grad:
             out.sum().backward()

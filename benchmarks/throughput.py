@@ -14,11 +14,12 @@ reports:
     peak_mem_gb            peak memory of the training steps (CUDA: max allocated; CPU: the
                            process's peak resident set size, model included)
 
-`--plain` turns every `speed.*` option off: fp32, no channels-last, no cuDNN autotuning, the
-full 77-token text recomputed at every forward pass (evaluation too), reference sampling, no
-pinned memory: the published implementation's way of running the same model. `--compare` runs
-the plain and then the fast configuration in one process (same seed, so the same weights) and
-adds the ratios and the largest difference between their predictions.
+`--plain` runs the same model the published implementation's way: the `speed.*` options off
+(fp32, no channels-last, no cuDNN autotuning, no compile), no pinned memory, and the model on its
+reference paths (`models.reference_paths`: the full 77-token text recomputed at every forward
+pass, evaluation too, and the per-level/head/point reference sampling). `--compare` runs the
+plain and then the fast configuration in one process (same seed, so the same weights) and adds
+the ratios and the largest difference between their predictions.
 
 `--data DIR` measures the real input pipeline instead: `build_train_loader` over the
 (synthetic or real) set in DIR, JPEG decoding in `--workers` processes, pinning, and
@@ -31,6 +32,7 @@ batches too, so input stalls show as the gap to the model-only figure.
 """
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -49,6 +51,7 @@ from datasets.loaders import build_train_loader  # noqa: E402
 from datasets.transforms import prepare_batch  # noqa: E402
 from models.flip_test import predict  # noqa: E402
 from models.loss import build_loss  # noqa: E402
+from models.reference_paths import reference_paths  # noqa: E402
 from utils.precision import autocast_context  # noqa: E402
 from utils import distributed as dist_utils  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
@@ -58,12 +61,10 @@ from utils.run_dir import git_commit, has_uncommitted_changes  # noqa: E402
 from utils.skeleton import ACTION_IDS, CROP_HEIGHT, CROP_WIDTH, NUM_JOINTS  # noqa: E402
 
 DEFAULT_CONFIG = "experiments/human36m/human36m.yaml"
-# What --plain changes: every speed option off (the published implementation's way).
+# What --plain changes in the config: every speed option off (the published implementation's
+# way); the model's reference paths and unpinned batches come on top (see `plain_paths`).
 PLAIN_OVERRIDES = ("speed.amp=none", "speed.channels_last=false", "speed.cudnn_benchmark=false",
-                   "speed.truncate_text=false", "speed.cache_text=false",
-                   "speed.fast_sampling=false",
-                   "speed.sample_then_project=false", "speed.compile=false",
-                   "speed.pin_memory=false")
+                   "speed.compile=false")
 NO_LOGGING = 10 ** 9  # log_every for the engine loops: no log lines inside timed steps
 
 
@@ -81,8 +82,9 @@ def parse_args(argv=None):
                         help="untimed steps first (default 5 cuda, 1 cpu)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--plain", action="store_true",
-                      help="every speed option off: fp32, no channels-last, full 77-token text "
-                           "recomputed at every forward pass, reference sampling")
+                      help="every speed option off: fp32, no channels-last, no pinned memory, "
+                           "full 77-token text recomputed at every forward pass, reference "
+                           "sampling")
     mode.add_argument("--compare", action="store_true",
                       help="run --plain and the fast configuration in one process; add ratios")
     parser.add_argument("--data", default=None,
@@ -203,6 +205,29 @@ class RepeatedBatches:
         return iter([self.batch] * self.count)
 
 
+def plain_paths(model, plain):
+    """The block runs `model` on its reference paths when `plain`, else as it is."""
+    return reference_paths(model) if plain else contextlib.nullcontext(model)
+
+
+def text_work(encoder, actions, device, plain):
+    """(rows, positions per sequence) that one training step's text call runs through the
+    tower: frozen prompts are served from the cache (none); the reference path encodes the
+    batch's distinct actions over the whole context."""
+    if encoder.mode == "joint":
+        rows = [0]
+    elif plain or not (encoder.encode_all_actions or (encoder.encode_all_actions is None
+                                                      and device.type != "cpu")):
+        rows = (actions.unique() - ACTION_IDS[0]).tolist()
+    else:
+        rows = list(range(len(encoder.row_lengths)))
+    if plain:
+        return rows, encoder.token_ids.shape[-1]
+    if not encoder.prompts.requires_grad:
+        return [], 0
+    return rows, encoder.sequence_length(rows)
+
+
 def build_for_benchmark(config, device):
     """MetaPose as train.py builds it (seeded, speed options applied) and its optimizer."""
     from models import build_model
@@ -217,15 +242,24 @@ def build_for_benchmark(config, device):
     return model, optimizer
 
 
-def measure_model(config, device, batch, steps, warmup):
-    """The figures of one configuration (see the module docstring)."""
+def measure_model(config, device, batch, steps, warmup, plain=False):
+    """The figures of one configuration (see the module docstring); `plain`: the model on its
+    reference paths and unpinned batches."""
     model, optimizer = build_for_benchmark(config, device)
+    with plain_paths(model, plain):
+        result = _measure_built(model, optimizer, config, device, batch, steps, warmup, plain)
+    del model, optimizer
+    release_memory(device)
+    return result
+
+
+def _measure_built(model, optimizer, config, device, batch, steps, warmup, plain):
     settings = engine.StepSettings.from_config(config)
     settings.log_every = NO_LOGGING
     loss_fn = build_loss(config)
     scaler = torch.amp.GradScaler("cuda") if settings.amp == "fp16" and device.type == "cuda" \
         else None
-    pin = bool(config.speed.pin_memory) and device.type == "cuda"
+    pin = device.type == "cuda" and not plain
     host = random_host_batch(batch, config.data.image_size, pin)
     eval_host = {name: value for name, value in host.items() if name != "flip"}
     channels_last = bool(config.speed.channels_last)
@@ -278,17 +312,7 @@ def measure_model(config, device, batch, steps, warmup):
     encoder_s = timed(encoder, steps, warmup, device)
     text_s = timed(text, steps, warmup, device)
     text_actions = int(host["action"].unique().numel())
-    encoder_text = model.text_encoder
-    if encoder_text.mode == "joint":
-        text_rows = [0]
-    elif encoder_text.encode_all_actions or (encoder_text.encode_all_actions is None
-                                             and device.type != "cpu"):
-        text_rows = range(len(encoder_text.row_lengths))
-    else:
-        text_rows = (host["action"].unique() - ACTION_IDS[0]).tolist()
-    text_length = encoder_text._sequence_length(text_rows)
-    if encoder_text.cache and not encoder_text.prompts.requires_grad:
-        text_rows, text_length = [], 0  # frozen prompts: every step reads the cache
+    text_rows, text_length = text_work(model.text_encoder, host["action"], device, plain)
     figures = {
         "train_samples_per_s": batch / train_s,
         "eval_samples_per_s": batch / eval_s,
@@ -304,8 +328,7 @@ def measure_model(config, device, batch, steps, warmup):
         "actions_in_batch": text_actions,
         "trainable_parameters": sum(p.numel() for p in model.trainable_parameters()),
     }
-    del model, optimizer, host, eval_host, images
-    release_memory(device)
+    del host, eval_host, images
     return figures, first_prediction
 
 
@@ -349,7 +372,7 @@ def measure_data(config, args, device, batch, steps, warmup):
     workers = args.workers if args.workers is not None else config.data.num_workers
     context = dist_utils.DistributedContext(rank=0, world_size=1, local_rank=0, device=device)
     loader = build_train_loader(dataset, batch, workers, config.seed, context,
-                                       config.speed.pin_memory)
+                                pin_memory=not args.plain)
     if len(loader) < 1 or len(dataset) < batch:
         raise MetaPoseError(f"--data {args.data} holds {len(dataset)} training frames, fewer "
                             f"than one batch of {batch}; use a smaller --batch or a larger set.")
@@ -376,7 +399,8 @@ def measure_data(config, args, device, batch, steps, warmup):
                                    optimizer, device, 0, settings)
 
         reset_peak_memory(device)
-        figures["train_samples_per_s"] = batch / timed(train, steps, warmup, device)
+        with plain_paths(model, args.plain):
+            figures["train_samples_per_s"] = batch / timed(train, steps, warmup, device)
         figures["peak_mem_gb"] = peak_memory_gb(device)
     del state["iterator"]  # shuts the workers down
     return figures
@@ -407,7 +431,7 @@ def effective_speed(config, device):
     CUDA-only)."""
     speed = dict(config.speed)
     if device.type != "cuda":
-        speed.update(amp="none", channels_last=False, cudnn_benchmark=False, pin_memory=False)
+        speed.update(amp="none", channels_last=False, cudnn_benchmark=False)
     return speed
 
 
@@ -451,7 +475,8 @@ def main(argv=None):
         report.update(measure_data(config, args, device, batch, steps, warmup))
     elif args.compare:
         plain_config = build_config(args, plain=True)
-        plain, plain_prediction = measure_model(plain_config, device, batch, steps, warmup)
+        plain, plain_prediction = measure_model(plain_config, device, batch, steps, warmup,
+                                                plain=True)
         fast, fast_prediction = measure_model(config, device, batch, steps, warmup)
         scale = plain_prediction.abs().max().clamp_min(1e-12)
         report.update(fast)
@@ -462,7 +487,7 @@ def main(argv=None):
         report["prediction_max_rel_diff"] = float(
             (fast_prediction - plain_prediction).abs().max() / scale)
     else:
-        report.update(measure_model(config, device, batch, steps, warmup)[0])
+        report.update(measure_model(config, device, batch, steps, warmup, args.plain)[0])
     report["load_average_end"] = load_average()
     if args.json:
         print(json.dumps(report))

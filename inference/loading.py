@@ -115,7 +115,10 @@ def resolve_config(checkpoint, info, path, config_path=None, overrides=()):
         return load_config(config_path, overrides)
     saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if isinstance(saved, dict):
-        return config_from_mapping(saved, f"the config stored in '{path}'", overrides)
+        return config_from_mapping(
+            saved, f"the config stored in '{path}'", overrides,
+            remedy="Pass --config FILE (the experiment YAML it was trained with, plus its "
+                   "key=value overrides) to build the model from that file instead.")
     encoders = {}
     if info.published:
         encoders = {"image_encoder": info.image_encoder, "text_encoder": info.text_encoder,

@@ -1,5 +1,5 @@
-"""Deformable sampling attention (docs/method.md §2.4): the published module, a plain reference of its
-sampling and the fast paths that compute the same numbers.
+"""Deformable sampling attention (docs/method.md §2.4): the published module, the fast sampling it
+runs and the plain reference of that sampling.
 
 Coordinates. Locations are (x, y) grid coordinates of `F.grid_sample` with the network's
 `align_corners` (True under the published grid convention, False under pixel_centre, see
@@ -11,15 +11,17 @@ channels of level l's map (H_l, W_l), Dh = D / H. Level l's tokens sample only m
 every sample is projected by the level's one Linear(C_l -> Dh) (weight (Dh, C_l), bias (Dh,)),
 shared by the H heads: a sample that falls outside the map is exactly the bias.
 
-The paths, all exact up to floating-point rounding because the projection is linear:
-- `deformable_sample_reference`: per level, head and point, grid_sample the point, project it
-  (bias included), weight it, sum over K; heads concatenated. docs/method.md §2.4, literally.
+The module always runs `deformable_sample_fast`, which picks per level whichever of two
+one-grid_sample orders keeps fewer numbers; both equal the reference up to floating-point
+rounding because the projection is linear:
 - `sample_then_project`: one grid_sample of the raw features per level, the weighted sum over K
   first, then the projection: W (sum_k w_k s_k) + b sum_k w_k.
 - `project_then_sample`: project the map once with W only (Dh channels), one grid_sample of it,
   weighted sum over K, plus b sum_k w_k (sampling a bias-free projected map gives W s_k exactly,
   also outside the map, so the out-of-map share needs no correction).
-`deformable_sample_fast` picks per level whichever of the last two keeps fewer numbers.
+For tests and benchmarks only, `deformable_sample_reference` is docs/method.md §2.4 written
+literally (per level, head and point: grid_sample the point, project it, weight it, sum over K;
+heads concatenated), and `deformable_attention_reference` is the whole module computed with it.
 """
 
 import math
@@ -52,7 +54,8 @@ def _check_shapes(maps, projections, locations, weights):
 
 def deformable_sample_reference(maps, projections, locations, weights, align_corners):
     """The sampling of the published module, written as plainly as possible (one grid_sample
-    and one projection per level, head and point): the slow ground truth of the fast paths.
+    and one projection per level, head and point): the slow ground truth of the fast paths, for
+    tests and benchmarks only (the module runs `deformable_sample_fast`).
 
     Args:
         maps: list of L feature maps (B, C_l, H_l, W_l).
@@ -136,18 +139,16 @@ def samples_are_smaller(channels, height, width, head_dim, tokens, heads, points
     return tokens * heads * points * channels < head_dim * height * width
 
 
-def deformable_sample_fast(maps, projections, locations, weights, align_corners,
-                           sample_then_project_levels=True):
+def deformable_sample_fast(maps, projections, locations, weights, align_corners):
     """Same arguments, result and gradients as `deformable_sample_reference`, with one
     grid_sample per level: `sample_then_project` where the samples are the smaller tensor and
-    `project_then_sample` elsewhere; with `sample_then_project_levels=False`, project-then-sample
-    on every level."""
+    `project_then_sample` elsewhere."""
     _check_shapes(maps, projections, locations, weights)
     _, _, tokens, heads, points, _ = locations.shape
     out = []
     for level, (feature, (weight, bias)) in enumerate(zip(maps, projections)):
-        use_samples = sample_then_project_levels and samples_are_smaller(
-            feature.shape[1], *feature.shape[-2:], weight.shape[0], tokens, heads, points)
+        use_samples = samples_are_smaller(feature.shape[1], *feature.shape[-2:], weight.shape[0],
+                                          tokens, heads, points)
         function = sample_then_project if use_samples else project_then_sample
         out.append(function(feature, weight, bias, locations[:, level], weights[:, level],
                             align_corners))
@@ -167,20 +168,17 @@ class DeformableSamplingAttention(nn.Module):
     (that is the bias itself, before tanh); weight layer 0 (uniform weights); sample_proj the
     PyTorch default.
 
-    `fast` (speed.fast_sampling) and `sample_then_project` (speed.sample_then_project) choose
-    the path (see the module docstring); all give the same numbers.
+    The sampling runs `deformable_sample_fast`; `deformable_attention_reference(module, ...)`
+    computes the same output with the reference sampling (tests and benchmarks).
     """
 
-    def __init__(self, embed_dim, level_channels, heads=4, points=4, align_corners=True,
-                 fast=True, sample_then_project=True):
+    def __init__(self, embed_dim, level_channels, heads=4, points=4, align_corners=True):
         super().__init__()
         if embed_dim % heads:
             raise ValueError(f"embed_dim {embed_dim} is not divisible by {heads} heads")
         self.heads = heads
         self.points = points
         self.align_corners = bool(align_corners)
-        self.fast = fast
-        self.sample_then_project = sample_then_project
         self.attention_weights = nn.Linear(embed_dim, heads * points)
         self.sampling_offsets = nn.Linear(embed_dim, heads * points * 2)
         self.sample_proj = nn.ModuleList(nn.Linear(channels, embed_dim // heads)
@@ -205,15 +203,17 @@ class DeformableSamplingAttention(nn.Module):
         nn.init.zeros_(self.attention_weights.weight)
         nn.init.zeros_(self.attention_weights.bias)
 
-    def forward(self, queries, reference, maps):
-        """
+    def sampling(self, queries, reference, maps):
+        """Where and with what weight each token samples, and the level projections.
+
         Args:
             queries: (B, L, P, D) tokens; the token of level l samples maps[l] only.
             reference: (B, 1 or L, P, 2) reference points, grid coordinates (x, y) of the
                 module's align_corners; one row is shared by all levels.
             maps: list of L feature maps (B, C_l, H_l, W_l).
         Returns:
-            (B, L, P, D).
+            (projections, locations (B, L, P, H, K, 2), weights (B, L, P, H, K)): the arguments
+            of `deformable_sample_fast` / `deformable_sample_reference` after `maps`.
         """
         batch, levels, tokens, _ = queries.shape
         if len(maps) != levels or len(maps) != len(self.sample_proj):
@@ -224,8 +224,18 @@ class DeformableSamplingAttention(nn.Module):
         locations = reference[:, :, :, None, None, :] + offsets  # (B, L, P, H, K, 2)
         weights = self.attention_weights(queries).view(shape).softmax(-1)  # (B, L, P, H, K)
         projections = [(proj.weight, proj.bias) for proj in self.sample_proj]
-        if not self.fast:
-            return deformable_sample_reference(maps, projections, locations, weights,
-                                               self.align_corners)
-        return deformable_sample_fast(maps, projections, locations, weights, self.align_corners,
-                                      self.sample_then_project)
+        return projections, locations, weights
+
+    def forward(self, queries, reference, maps):
+        """queries (B, L, P, D), reference (B, 1 or L, P, 2), maps (list of L (B, C_l, H_l,
+        W_l); see `sampling`) -> (B, L, P, D)."""
+        return deformable_sample_fast(maps, *self.sampling(queries, reference, maps),
+                                      self.align_corners)
+
+
+def deformable_attention_reference(module, queries, reference, maps):
+    """What `module(queries, reference, maps)` computes, with `deformable_sample_reference` in
+    place of the fast sampling: the plain path that tests and benchmarks compare the module
+    with (a DeformableSamplingAttention never runs it itself)."""
+    return deformable_sample_reference(maps, *module.sampling(queries, reference, maps),
+                                       module.align_corners)

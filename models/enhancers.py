@@ -42,8 +42,7 @@ class LevelSampling(nn.ModuleList):
 
 def _attention(embed_dim, level_channels, options):
     return DeformableSamplingAttention(embed_dim, level_channels, options["heads"],
-                                       options["points"], options["align_corners"],
-                                       options["fast"], options["sample_then_project"])
+                                       options["points"], options["align_corners"])
 
 
 class SpatialBlock(nn.Module):

@@ -81,8 +81,9 @@ class MetaPose(nn.Module):
 
 
 def build_model(config, weights_from_checkpoint=False):
-    """MetaPose from `config.model.*` (see utils/defaults.yaml) and `config.speed.truncate_text`
-    / `cache_text` / `fast_sampling` / `sample_then_project` (ways of computing the same thing).
+    """MetaPose from `config.model.*` (see utils/defaults.yaml). The model always runs its fast
+    paths (batched deformable sampling, truncated and cached text); `config.speed` is applied to
+    the built model by `models.speed.prepare_model_for_speed`.
 
     Missing pretrained files raise MetaPoseError; `null` paths give random initialisation (with
     a warning). `weights_from_checkpoint=True`: every weight will be loaded from a checkpoint
@@ -92,15 +93,12 @@ def build_model(config, weights_from_checkpoint=False):
     """
     model_cfg = config.model
     image_cfg, text_cfg = model_cfg.image_encoder, model_cfg.text_encoder
-    speed = config.get("speed", {})
     image_encoder = build_image_encoder(image_cfg.type, image_cfg.pretrained,
                                         frozen=image_cfg.frozen, width=image_cfg.width,
                                         weights_from_checkpoint=weights_from_checkpoint)
     text_encoder = build_text_encoder(text_cfg.type, text_cfg.pretrained, text_cfg.mode,
                                       text_cfg.prompt_tokens, width=text_cfg.width,
                                       layers=text_cfg.layers,
-                                      truncate=speed.get("truncate_text", True),
-                                      cache=speed.get("cache_text", True),
                                       layout=text_cfg.layout,
                                       train_prompts=text_cfg.train_prompts,
                                       prompts=text_cfg.prompts,
@@ -118,8 +116,6 @@ def build_model(config, weights_from_checkpoint=False):
         grid_convention=model_cfg.grid_convention,
         eval_noise=model_cfg.alignment.eval_noise,
         per_channel=model_cfg.alignment.per_channel,
-        fast_sampling=speed.get("fast_sampling", True),
-        sample_then_project=speed.get("sample_then_project", True),
     )
     return MetaPose(image_encoder, text_encoder, pose_net, freeze_image_encoder=image_cfg.frozen,
                     root_shift=model_cfg.root_shift)

@@ -55,31 +55,30 @@ class PoseNetwork(nn.Module):
 
     grid_convention: how crop pixels become grid coordinates and the align_corners of every
     grid_sample (`published` | `pixel_centre`, utils.geometry). eval_noise, per_channel: the
-    alignment switches (models/alignment.py). fast_sampling, sample_then_project: which
-    (equivalent) deformable-sampling path runs (models/deformable_attention.py).
+    alignment switches (models/alignment.py). The network is built for the 17 H36M joints, and the
+    alignment's cross-attention has its published 4 heads.
     """
 
     def __init__(self, level_channels, text_dim, embed_dim=128, depth=4, deform_heads=4,
-                 deform_points=4, mlp_ratio=2.0, lift_heads=8, align_heads=4, drop_rate=0.0,
-                 drop_path=(0.1, 0.2), joints=NUM_JOINTS, grid_convention="published",
-                 eval_noise="mean", per_channel=False, fast_sampling=True,
-                 sample_then_project=True):
+                 deform_points=4, mlp_ratio=2.0, lift_heads=8, drop_rate=0.0,
+                 drop_path=(0.1, 0.2), grid_convention="published", eval_noise="mean",
+                 per_channel=False):
         super().__init__()
         level_channels = list(level_channels)
         levels = len(level_channels)
+        joints = NUM_JOINTS
         align_corners = grid_align_corners(grid_convention)
         self.grid_convention = grid_convention
         rates = drop_path_rates(drop_path, depth)
-        attention = dict(heads=deform_heads, points=deform_points, align_corners=align_corners,
-                         fast=fast_sampling, sample_then_project=sample_then_project)
+        attention = dict(heads=deform_heads, points=deform_points, align_corners=align_corners)
         self.tokens = ModalityTokens(level_channels, text_dim, embed_dim, joints, drop_rate,
                                      align_corners)
         self.spatial = SpatialEnhancer(embed_dim, level_channels, rates, mlp_ratio, drop_rate,
                                        **attention)
         self.semantic = SemanticEnhancer(embed_dim, level_channels, rates, joints, mlp_ratio,
                                          drop_rate, **attention)
-        self.alignment = TransformationAlignment(embed_dim, levels + 1, joints, align_heads,
-                                                 drop_rate, eval_noise, per_channel)
+        self.alignment = TransformationAlignment(embed_dim, levels + 1, joints, drop=drop_rate,
+                                                 eval_noise=eval_noise, per_channel=per_channel)
         self.lifting = LiftingTransformer(embed_dim, rates, levels + 1, joints, lift_heads,
                                           mlp_ratio, drop_rate)
 

@@ -1,6 +1,8 @@
-"""Speed settings that leave the computation unchanged: channels-last HRNet, cuDNN autotuning,
-torch.compile (the others, `speed.truncate_text`, `fast_sampling` and `sample_then_project`,
-are read by `models.build_model`; `speed.amp` and `pin_memory` by the engine)."""
+"""The `speed.*` settings applied to a built model: channels-last HRNet, cuDNN autotuning,
+torch.compile (`speed.amp` is read by the engine, `speed.cpu_threads` by utils/cpu_threads.py).
+None of them changes the model; the fast paths that compute the same numbers as the plain ones
+(batched deformable sampling, truncated and cached text) are no setting: the model always runs
+them (models/reference_paths.py runs the plain ones for tests and benchmarks)."""
 
 import torch
 

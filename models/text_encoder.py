@@ -9,8 +9,10 @@ Two layouts of the sequence fed to the transformer (`model.text_encoder.layout`,
   words before it), nor the 77 - P cut (which lies after the read position anyway).
 - `sot_first` (corrected): [SOT, the P prompts, words, EOT], read at the real end-of-text token.
 
-Both run the causal tower only up to the longest read position (`truncate`) and serve calls
-without gradients from a cache (`cache`); neither changes a feature beyond float rounding.
+The encoder runs the causal tower only up to the longest read position (causal attention: the
+positions after it change nothing) and serves calls without gradients from a cache. For tests and
+benchmarks, `text_features_reference` is the published way of computing the same features: all
+77 positions, encoded again at every call.
 """
 
 import functools
@@ -28,7 +30,8 @@ from utils.errors import MetaPoseError
 from utils.skeleton import FIRST_ACTION_ID, JOINT_NAMES, NUM_ACTIONS, NUM_JOINTS
 
 __all__ = ["CLIP_TEXT_CONFIGS", "CLIPTextTransformer", "QuickGELU", "PromptedTextEncoder",
-           "TEXT_LAYOUTS", "build_text_encoder", "tokenize_rows", "read_positions"]
+           "TEXT_LAYOUTS", "build_text_encoder", "tokenize_rows", "read_positions",
+           "text_features_reference"]
 
 TEXT_LAYOUTS = ("published", "sot_first")
 
@@ -131,9 +134,10 @@ class PromptedTextEncoder(nn.Module):
     rename). With `train_prompts` False (published) it has requires_grad False and the features
     of every action are constants, served from the cache at every step. The CLIP weights
     (`clip`) are frozen and always in eval mode. Token ids are tokenised once from the prompts
-    file into non-persistent buffers (not stored in checkpoints). `truncate` (run only up to the
-    longest read position) and `cache` (keep the features of calls without gradients until a
-    parameter changes) save time without changing the features.
+    file into non-persistent buffers (not stored in checkpoints). The tower runs only up to the
+    longest read position of the rows it encodes, and the features of calls without gradients
+    are kept until a parameter changes: both save time without changing the features
+    (`text_features_reference` computes them the plain way).
 
     texts: a models.prompts.Prompts (None: the default prompts file). layout: 'published' |
     'sot_first' (module docstring). train_prompts defaults to True for the bare module;
@@ -142,8 +146,8 @@ class PromptedTextEncoder(nn.Module):
     """
 
     def __init__(self, width, layers, heads, output_dim, mode="joint_action", prompt_tokens=10,
-                 truncate=True, vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH,
-                 cache=True, layout="published", train_prompts=True, texts=None):
+                 vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH, layout="published",
+                 train_prompts=True, texts=None):
         super().__init__()
         if mode not in TEXT_MODES:
             raise MetaPoseError(f"model.text_encoder.mode is {mode!r}; use one of "
@@ -158,8 +162,6 @@ class PromptedTextEncoder(nn.Module):
         self.mode, self.layout = mode, layout
         self.prompt_tokens = int(prompt_tokens)
         self.insert_at = 0 if layout == "published" else 1  # where the prompts enter the sentence
-        self.truncate = bool(truncate)
-        self.cache = bool(cache)
         self.output_dim = output_dim
         self.clip = CLIPTextTransformer(width, layers, heads, output_dim, vocab_size,
                                         context_length)
@@ -249,9 +251,9 @@ class PromptedTextEncoder(nn.Module):
         self.encoder_runs += 1
         return features.view(num_rows, NUM_JOINTS, -1)
 
-    def _sequence_length(self, row_indices):
-        if not self.truncate:
-            return self.token_ids.shape[-1]
+    def sequence_length(self, row_indices):
+        """Positions the tower runs for these rows: the longest read position + 1 (causal
+        attention: what follows a read position never reaches it)."""
         return max(self.row_lengths[r] for r in row_indices)
 
     def _cache_key(self):
@@ -276,7 +278,7 @@ class PromptedTextEncoder(nn.Module):
         if self._cache is None or self._cache[0] != key:
             rows = range(len(self.row_lengths))
             with torch.no_grad():
-                features = self._encode_rows(None, self._sequence_length(rows))
+                features = self._encode_rows(None, self.sequence_length(rows))
             self._cache = (key, features)
         return self._cache[1]
 
@@ -285,6 +287,18 @@ class PromptedTextEncoder(nn.Module):
                 or action_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError("action_ids must be a 1-D LongTensor of H36M action ids (2..16)")
 
+    def _distinct_rows(self, action_ids):
+        """(rows (U,) long, the same as a list, inverse (A,) long): the rows of the distinct
+        actions in `action_ids` (one device sync) and, for each sample, its entry in them. Ids
+        outside 2..16 are a ValueError."""
+        unique, inverse = torch.unique(action_ids.long(), return_inverse=True)
+        rows = unique - FIRST_ACTION_ID
+        listed = rows.tolist()
+        if listed and (listed[0] < 0 or listed[-1] >= NUM_ACTIONS):
+            bad = [r + FIRST_ACTION_ID for r in listed if not 0 <= r < NUM_ACTIONS]
+            raise ValueError(f"action ids {bad} are outside the H36M range 2..16")
+        return rows, listed, inverse
+
     def forward(self, action_ids):
         """Text features of the 17 joints for each action.
 
@@ -292,14 +306,14 @@ class PromptedTextEncoder(nn.Module):
         Returns (A, 17, Dt) float, Dt = output_dim, joints in H36M order. In joint mode the A
         rows are one (17, Dt) tensor expanded (a view: do not write into it in place).
         Without gradients to track (no_grad / inference, or frozen prompts) the features of all
-        actions are cached until a parameter changes (unless `cache` is off); otherwise only
-        the distinct requested actions are encoded, truncated to their longest sentence (on an
-        accelerator all actions, see `encode_all_actions`).
+        actions are cached until a parameter changes; otherwise only the distinct requested
+        actions are encoded, truncated to their longest sentence (on an accelerator all actions,
+        see `encode_all_actions`).
         """
         self._check_actions(action_ids)
         num = action_ids.shape[0]
         joint_mode = self.mode == "joint"
-        if self.cache and not (torch.is_grad_enabled() and self.prompts.requires_grad):
+        if not (torch.is_grad_enabled() and self.prompts.requires_grad):
             features = self.all_features()
             if joint_mode:
                 return features.expand(num, -1, -1)
@@ -307,20 +321,29 @@ class PromptedTextEncoder(nn.Module):
             return features.index_select(0, action_ids.long() - FIRST_ACTION_ID)
 
         if joint_mode:
-            return self._encode_rows(None, self._sequence_length([0])).expand(num, -1, -1)
+            return self._encode_rows(None, self.sequence_length([0])).expand(num, -1, -1)
         encode_all = self.encode_all_actions
         if encode_all is None:
             encode_all = action_ids.device.type != "cpu"
         if encode_all:
-            features = self._encode_rows(None, self._sequence_length(range(NUM_ACTIONS)))
+            features = self._encode_rows(None, self.sequence_length(range(NUM_ACTIONS)))
             return features.index_select(0, action_ids.long() - FIRST_ACTION_ID)
-        unique, inverse = torch.unique(action_ids.long(), return_inverse=True)
-        rows = (unique - FIRST_ACTION_ID).tolist()  # one device sync per training step
-        if rows and (rows[0] < 0 or rows[-1] >= NUM_ACTIONS):
-            bad = [r + FIRST_ACTION_ID for r in rows if not 0 <= r < NUM_ACTIONS]
-            raise ValueError(f"action ids {bad} are outside the H36M range 2..16")
-        features = self._encode_rows(unique - FIRST_ACTION_ID, self._sequence_length(rows))
-        return features[inverse]
+        rows, listed, inverse = self._distinct_rows(action_ids)  # one device sync per step
+        return self._encode_rows(rows, self.sequence_length(listed))[inverse]
+
+
+def text_features_reference(encoder, action_ids):
+    """What `encoder(action_ids)` returns, computed the published way: the sentences of the
+    batch's distinct actions (the one joint-mode row) through all positions of CLIP's context,
+    encoded again at every call (no cache, no truncation), with gradients wherever the encoder's
+    own call has them. For tests and benchmarks, which compare the encoder's fast path with it;
+    the encoder never runs it itself."""
+    encoder._check_actions(action_ids)
+    full = encoder.token_ids.shape[-1]
+    if encoder.mode == "joint":
+        return encoder._encode_rows(None, full).expand(action_ids.shape[0], -1, -1)
+    rows, _, inverse = encoder._distinct_rows(action_ids)
+    return encoder._encode_rows(rows, full)[inverse]
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,8 +351,8 @@ class PromptedTextEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers=None,
-                       truncate=True, cache=True, layout="published", train_prompts=False,
-                       prompts=DEFAULT_PROMPTS_FILE, weights_from_checkpoint=False):
+                       layout="published", train_prompts=False, prompts=DEFAULT_PROMPTS_FILE,
+                       weights_from_checkpoint=False):
     """Builds the prompted CLIP text encoder.
 
     type: 'ViT-B/32' or 'ViT-L/14' (model.text_encoder.type).
@@ -338,9 +361,6 @@ def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers
     mode: 'joint' | 'joint_action'; prompt_tokens: learnable tokens per joint.
     width / layers: override the transformer size for tests and CPU demos; then
         heads = max(1, width // 64) and output_dim = width (no pretrained file fits such a model).
-    truncate: run the causal encoder only up to the longest read position (speed.truncate_text).
-    cache: keep the features of calls without gradients until a parameter changes
-        (speed.cache_text).
     layout: 'published' | 'sot_first' (model.text_encoder.layout).
     train_prompts: whether the prompts are trained (model.text_encoder.train_prompts; False as
         published: they keep their initial values and are not in the optimiser).
@@ -361,8 +381,8 @@ def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers
     heads = max(1, width_value // HEAD_WIDTH)
     texts = load_prompts(prompts)
     encoder = PromptedTextEncoder(width_value, layer_count, heads, output_dim, mode,
-                                  prompt_tokens, truncate, cache=cache, layout=layout,
-                                  train_prompts=train_prompts, texts=texts)
+                                  prompt_tokens, layout=layout, train_prompts=train_prompts,
+                                  texts=texts)
     if weights_from_checkpoint:
         return encoder
     if pretrained is None:

@@ -1,14 +1,16 @@
 """Deformable sampling (docs/method.md §2.4): the fast paths (sample-then-project, project-then-sample and
-their per-level mix) against the plain reference, values and the gradients of every input (maps,
-locations, weights, projection weight and bias), both grid conventions, points on the border and
-far outside; an independent by-hand bilinear sampler; gradcheck; the module's initialisation."""
+their per-level mix, which the module runs) against the plain reference function, values and the
+gradients of every input (maps, locations, weights, projection weight and bias), both grid
+conventions, points on the border and far outside; an independent by-hand bilinear sampler;
+gradcheck; the module against its reference; the module's initialisation."""
 
 import math
 
 import pytest
 import torch
 
-from models.deformable_attention import (DeformableSamplingAttention, deformable_sample_fast,
+from models.deformable_attention import (DeformableSamplingAttention,
+                                         deformable_attention_reference, deformable_sample_fast,
                                          deformable_sample_reference, project_then_sample,
                                          sample_then_project, samples_are_smaller)
 
@@ -67,9 +69,12 @@ def _sample_by_hand(maps, proj_weights, biases, locations, weights, align_corner
     return torch.stack(levels, dim=1)
 
 
-def _all_sample_then_project(maps, proj_weights, biases, locations, weights, align_corners):
-    return torch.stack([sample_then_project(f, w, b, locations[:, l], weights[:, l], align_corners)
-                        for l, (f, w, b) in enumerate(zip(maps, proj_weights, biases))], dim=1)
+def _every_level(function):
+    """One order of sampling and projection (a per-level function) on every level."""
+    def run(maps, proj_weights, biases, locations, weights, align_corners):
+        return torch.stack([function(f, w, b, locations[:, l], weights[:, l], align_corners)
+                            for l, (f, w, b) in enumerate(zip(maps, proj_weights, biases))], dim=1)
+    return run
 
 
 def _functional(path):
@@ -82,12 +87,10 @@ def _functional(path):
         return deformable_sample_fast(maps, list(zip(proj_weights, biases)), locations, weights,
                                       align_corners)
 
-    def project_first(maps, proj_weights, biases, locations, weights, align_corners):
-        return deformable_sample_fast(maps, list(zip(proj_weights, biases)), locations, weights,
-                                      align_corners, sample_then_project_levels=False)
-
-    return {"reference": reference, "fast": mixed, "project_then_sample": project_first,
-            "sample_then_project": _all_sample_then_project, "by_hand": _sample_by_hand}[path]
+    return {"reference": reference, "fast": mixed,
+            "project_then_sample": _every_level(project_then_sample),
+            "sample_then_project": _every_level(sample_then_project),
+            "by_hand": _sample_by_hand}[path]
 
 
 def _value_and_grads(function, case, out_grad):
@@ -236,13 +239,10 @@ def test_module_paths_agree_and_outside_is_the_bias(align_corners):
     maps = [torch.randn(2, c, h, w, dtype=torch.float64)
             for c, (h, w) in zip(level_channels, [(8, 6), (4, 3), (2, 2)])]
     reference = torch.rand(2, 1, 17, 2, dtype=torch.float64) * 2 - 1  # shared by the levels
-    outputs = []
-    for fast, then_project in [(False, False), (True, False), (True, True)]:
-        module.fast, module.sample_then_project = fast, then_project
-        outputs.append(module(queries, reference, maps))
-    assert outputs[0].shape == (2, 3, 17, 12)
-    for out in outputs[1:]:
-        assert (out - outputs[0]).abs().max() < 1e-12
+    fast = module(queries, reference, maps)
+    plain = deformable_attention_reference(module, queries, reference, maps)
+    assert plain.shape == (2, 3, 17, 12) and plain.abs().max() > 0.1
+    assert (fast - plain).abs().max() < 1e-12
     # Every sample beyond the map (tanh offsets are < 1 away): each head returns the bias.
     far = torch.full((2, 1, 17, 2), 5.0, dtype=torch.float64)
     out = module(queries, far, maps).view(2, 3, 17, 4, 3)

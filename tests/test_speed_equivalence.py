@@ -1,12 +1,15 @@
-"""Each speed option computes what the plain path computes (CPU checks; tolerances stated per
-test), and the throughput benchmark runs and reports every documented figure.
+"""Each speed option and each fast path computes what the plain path computes (CPU checks;
+tolerances stated per test), and the benchmarks run and report every documented figure. The
+plain paths are the reference functions, called directly (models/reference_paths.py for a
+whole model).
 
-Covered elsewhere: truncated text (only up to the longest sentence) against the full 77 tokens
-is tests/test_text_encoder.py::test_truncation_matches_full_context (float64 1e-12, float32
-1e-5); the batched sampling function against the reference function (values, gradients,
-gradcheck) is tests/test_deformable_attention.py.
+Covered elsewhere: the encoder's truncated text (only up to the longest sentence) against the
+reference over the full 77 tokens is tests/test_text_encoder.py (float64 1e-12, float32 1e-5);
+the batched sampling function against the reference function (values, gradients, gradcheck) is
+tests/test_deformable_attention.py.
 """
 
+import contextlib
 import copy
 import json
 import os
@@ -25,8 +28,9 @@ from benchmarks import throughput
 from models import build_model
 from models.deformable_attention import samples_are_smaller
 from models.hrnet import HRNet
+from models.reference_paths import reference_paths
 from models.speed import prepare_model_for_speed, to_channels_last
-from models.text_encoder import PromptedTextEncoder
+from models.text_encoder import PromptedTextEncoder, text_features_reference
 from utils.config import load_config
 from utils.flip import flip_joints_3d, flip_keypoints_2d, flip_keypoints_crop, flip_where
 from utils.geometry import IMAGENET_MEAN, IMAGENET_STD, crop_pixels_to_grid, normalize_images
@@ -34,7 +38,6 @@ from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "experiments/tests/tiny.yaml"
-PLAIN_SAMPLING = ("speed.fast_sampling=false", "speed.sample_then_project=false")
 
 
 def _tiny_model(overrides=(), state=None):
@@ -125,20 +128,20 @@ def test_encoding_all_actions_matches_distinct_actions():
     assert _relative(results[1][1], results[0][1]) < 1e-12
 
 
-def test_uncached_text_matches_cached_and_recomputes():
-    """speed.cache_text=false (the published way: text encoded at every evaluation call) gives
-    the cached features (float64, 1e-12) and runs the encoder at every call."""
+def test_reference_text_matches_cached_and_recomputes():
+    """text_features_reference (the published way: text encoded at every evaluation call, over
+    all 77 positions) gives the cached features (float64, 1e-12) and runs the tower at every
+    call, while the encoder serves repeated calls from its cache."""
     torch.manual_seed(0)
     encoder = PromptedTextEncoder(32, 2, 1, 24, "joint_action", 3).double().eval()
     actions = torch.tensor([3, 3, 10, 16, 4])
     with torch.no_grad():
-        cached = encoder(actions)
-        encoder.cache = False
-        runs = encoder.encoder_runs
-        uncached = [encoder(actions) for _ in range(2)]
-    assert encoder.encoder_runs == runs + 2
-    for features in uncached:
-        assert _relative(features, cached) < 1e-12
+        cached = [encoder(actions) for _ in range(2)]
+        assert encoder.encoder_runs == 1
+        uncached = [text_features_reference(encoder, actions) for _ in range(2)]
+    assert encoder.encoder_runs == 3
+    for features in uncached + cached[1:]:
+        assert _relative(features, cached[0]) < 1e-12
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,27 +163,33 @@ def test_tiny_config_exercises_both_sampling_orders():
 
 
 @pytest.mark.parametrize("convention", ["published", "pixel_centre"])
-@pytest.mark.parametrize("fast_overrides", [("speed.sample_then_project=false",), ()],
-                         ids=["batched", "batched+sample_then_project"])
-def test_fast_sampling_whole_model_matches_reference(fast_overrides, convention):
-    """MetaPose (tiny configuration) with the fast sampling paths against the reference path,
-    under both grid conventions: the same weights give the same evaluation output and the same
+@pytest.mark.parametrize("train_prompts", [False, True], ids=["frozen", "trained_prompts"])
+def test_whole_model_fast_paths_match_reference_paths(train_prompts, convention):
+    """MetaPose (tiny configuration) on its fast paths (batched sampling in both orders, text
+    truncated and cached) against the same model on its reference paths, under both grid
+    conventions and with frozen or trained prompts: the same evaluation output and the same
     gradients of every trainable parameter (float64: relative 1e-10; float32 output: relative
     1e-5)."""
-    grid = (f"model.grid_convention={convention}",)
-    reference = _exercise(_tiny_model(PLAIN_SAMPLING + grid))
-    fast = _tiny_model(fast_overrides + grid, state=reference.state_dict())
+    overrides = (f"model.grid_convention={convention}",
+                 f"model.text_encoder.train_prompts={str(train_prompts).lower()}")
+    reference = _exercise(_tiny_model(overrides))
+    fast = _tiny_model(overrides, state=reference.state_dict())
     images, keypoints_2d, crop, actions = _inputs(dtype=torch.float64)
     with torch.no_grad():
         assert min(float(m.abs().mean()) for m in reference.double().encode_images(images)) > 0.05
     outputs, grads = [], []
-    for model in (reference.double().eval(), fast.double().eval()):
+    runs = reference.text_encoder.encoder_runs
+    for model, paths in ((reference.double().eval(), reference_paths),
+                         (fast.double().eval(), contextlib.nullcontext)):
         model.zero_grad(set_to_none=True)
-        pose = model(images, keypoints_2d, crop, actions)
+        with paths(model):
+            pose = model(images, keypoints_2d, crop, actions)
         weights = torch.linspace(-1, 1, pose.numel(), dtype=pose.dtype).view_as(pose)
         (pose * weights).sum().backward()
         outputs.append(pose.detach())
         grads.append({name: p.grad for name, p in model.named_parameters() if p.grad is not None})
+    assert reference.text_encoder.encoder_runs == runs + 1  # the reference text really ran
+    assert ("text_encoder.prompts" in grads[0]) == train_prompts
     assert outputs[0].abs().max() > 1e-3
     assert _relative(outputs[1], outputs[0]) < 1e-10
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
@@ -189,9 +198,12 @@ def test_fast_sampling_whole_model_matches_reference(fast_overrides, convention)
     scale = max(float(grad.abs().max()) for grad in grads[0].values())
     for name, grad in grads[0].items():
         assert float((grads[1][name] - grad).abs().max()) < 1e-10 * scale, name
-    with torch.no_grad():
+    with torch.no_grad(), reference_paths(reference.float()):
         single = [model.float()(*_inputs()) for model in (reference, fast)]
     assert _relative(single[1], single[0]) < 1e-5
+    # Leaving the block restores the fast paths.
+    with torch.no_grad():
+        assert torch.equal(reference(*_inputs()), fast(*_inputs()))
 
 
 def test_crop_grid_conversion_formulas():
@@ -286,10 +298,11 @@ def test_prepare_batch_on_cuda_matches_cpu():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_fast_model_on_cuda_matches_plain():
-    """On CUDA, every speed option on (channels-last HRNet, cuDNN autotuning, truncated and
-    cached text, batched sampling with projection after sampling, GPU-side input preparation)
-    against every option off, same weights, flip-test evaluation: float32 (TF32 off) within
-    relative 1e-4, and bf16 autocast within the loose bound of the CPU test (0.2)."""
+    """On CUDA, every speed option on and the fast paths (channels-last HRNet, cuDNN
+    autotuning, truncated and cached text, batched sampling with projection after sampling,
+    GPU-side input preparation) against every option off and the reference paths, same
+    weights, flip-test evaluation: float32 (TF32 off) within relative 1e-4, and bf16 autocast
+    within the loose bound of the CPU test (0.2)."""
     device = torch.device("cuda")
     plain_overrides = list(throughput.PLAIN_OVERRIDES)
     plain = _exercise(_tiny_model(plain_overrides)).to(device).eval()
@@ -304,7 +317,8 @@ def test_fast_model_on_cuda_matches_plain():
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         with torch.no_grad():
-            want = predict(plain, prepare_batch(batch, device), True)
+            with reference_paths(plain):
+                want = predict(plain, prepare_batch(batch, device), True)
             inputs = prepare_batch({k: v.pin_memory() for k, v in batch.items()}, device,
                                           channels_last=True)
             got = predict(fast, inputs, True)

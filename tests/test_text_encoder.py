@@ -1,6 +1,9 @@
 """Tests of the prompted CLIP text encoder: both layouts against a plain full-length run written
-here, truncation, caching, frozen and trained prompts, initialisation, errors, loading."""
+here, its truncated and cached path against the reference function (text_features_reference:
+all 77 positions at every call), caching, frozen and trained prompts, initialisation, errors,
+loading."""
 
+import functools
 import time
 import warnings
 
@@ -9,7 +12,7 @@ import torch
 from torch import nn
 
 from models.text_encoder import (CLIP_TEXT_CONFIGS, CLIPTextTransformer, PromptedTextEncoder,
-                                 QuickGELU, build_text_encoder)
+                                 QuickGELU, build_text_encoder, text_features_reference)
 from tests.placeholder_prompts import placeholder_content, placeholder_prompts, write_prompts_file
 from utils.errors import MetaPoseError
 from utils.skeleton import ACTION_IDS, NUM_JOINTS
@@ -18,12 +21,12 @@ SOT, EOT = 49406, 49407
 
 
 def tiny(mode="joint_action", prompt_tokens=3, width=32, heads=1, layers=1, output_dim=24,
-         truncate=True, layout="published", train_prompts=True, texts=None):
+         layout="published", train_prompts=True, texts=None):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short placeholder sentences read on prompts
         return PromptedTextEncoder(width, layers, heads, output_dim, mode, prompt_tokens,
-                                   truncate, layout=layout, train_prompts=train_prompts,
+                                   layout=layout, train_prompts=train_prompts,
                                    texts=texts if texts is not None else placeholder_prompts())
 
 
@@ -132,7 +135,8 @@ def plain_full_run(reference, sentences, prompts, layout):
 @pytest.mark.parametrize("mode", ["joint", "joint_action"])
 def test_truncated_and_cached_features_equal_the_plain_full_run(layout, mode):
     """float64: trained prompts (autograd path, features and prompt gradients) and frozen
-    prompts (cached path), truncated and full-length, against plain_full_run."""
+    prompts (cached path), the encoder's truncated path and the full-length reference function,
+    against plain_full_run."""
     reference = open_clip_reference()
     texts = placeholder_prompts()
     labels, rows = texts.rows(mode)
@@ -155,11 +159,10 @@ def test_truncated_and_cached_features_equal_the_plain_full_run(layout, mode):
                                 for r in picked.tolist()])
         weights = torch.randn(expected.shape, dtype=torch.float64)
         (expected * weights).sum().backward()
-        for truncate in (True, False):
-            encoder.truncate = truncate
+        for path in (encoder, functools.partial(text_features_reference, encoder)):
             encoder.clear_cache()
             encoder.train()
-            features = encoder(actions)
+            features = path(actions)
             torch.testing.assert_close(features, expected.detach(), rtol=1e-12, atol=1e-12)
             if train_prompts:
                 encoder.prompts.grad = None
@@ -169,7 +172,7 @@ def test_truncated_and_cached_features_equal_the_plain_full_run(layout, mode):
             else:
                 assert not features.requires_grad
             with torch.no_grad():
-                torch.testing.assert_close(encoder(actions), expected.detach(),
+                torch.testing.assert_close(path(actions), expected.detach(),
                                            rtol=1e-12, atol=1e-12)
         error = (encoder(actions) - expected).abs().max().item()
         print(f"{layout} {mode} train_prompts={train_prompts}: max |cached - full run| {error:.1e}")
@@ -192,11 +195,10 @@ def test_matches_open_clip_text_transformer():
 def test_float32_truncation_matches_full_context():
     for layout in ("published", "sot_first"):
         encoder = tiny(layers=2, output_dim=32, layout=layout).eval()
+        assert max(encoder.row_lengths) < 77  # the encoder's path really is truncated
         with torch.no_grad():
             truncated = encoder(torch.tensor(ACTION_IDS)).clone()
-            encoder.truncate = False
-            encoder.clear_cache()
-            full = encoder(torch.tensor(ACTION_IDS))
+            full = text_features_reference(encoder, torch.tensor(ACTION_IDS))
         torch.testing.assert_close(truncated, full, rtol=1e-5, atol=1e-5)
 
 
@@ -349,10 +351,9 @@ def test_builder_errors_and_random_init_warning(tmp_path):
         build_text_encoder("ViT-B/32", None, "joint", 2, width=32, layers=1,
                            prompts=str(tmp_path / "nope.yaml"))
     with pytest.warns(UserWarning, match="randomly initialised"):
-        encoder = build_text_encoder("ViT-L/14", None, "joint_action", 2, width=96, layers=1,
-                                     truncate=False)
+        encoder = build_text_encoder("ViT-L/14", None, "joint_action", 2, width=96, layers=1)
     assert encoder.output_dim == 96 and encoder.clip.transformer.resblocks[0].attn.heads == 1
-    assert not encoder.truncate and encoder.layout == "published"
+    assert encoder.layout == "published"
     assert not encoder.prompts.requires_grad  # published: frozen prompts
 
 

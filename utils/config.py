@@ -200,15 +200,29 @@ def _all_keys(tree, prefix=""):
             yield from _all_keys(value, prefix + name + ".")
 
 
+def _closest_key(key, valid):
+    """The valid key a user most likely meant by the unknown `key`, or None. Within a known
+    section only its own keys are compared, leaf with leaf (whole dotted names would match on
+    the shared section name alone), unless the leaf exists as it is in another section."""
+    section, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in valid if k.rpartition(".")[0] == section}
+    if siblings:
+        elsewhere = [k for k in valid if k.rpartition(".")[2] == leaf]
+        if elsewhere:
+            return elsewhere[0]
+        hits = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+        return siblings[hits[0]] if hits else None
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)  # a mistyped section
+    if close:
+        return close[0]
+    leaves = {k.rpartition(".")[2]: k for k in valid}
+    hits = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
+    return leaves[hits[0]] if hits else None
+
+
 def _unknown_key_error(key, defaults, source):
-    valid = list(_all_keys(defaults))
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if not close:  # a mistyped leaf under the right section: compare leaf names
-        leaf = key.rsplit(".", 1)[-1]
-        leaves = {k.rsplit(".", 1)[-1]: k for k in valid}
-        hits = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.6)
-        close = [leaves[hits[0]]] if hits else []
-    hint = f" Did you mean '{close[0]}'?" if close else ""
+    close = _closest_key(key, list(_all_keys(defaults)))
+    hint = f" Did you mean '{close}'?" if close else ""
     return MetaPoseError(f"unknown config key '{key}' in {source}.{hint} "
                          "Every valid key is listed with its meaning in utils/defaults.yaml.")
 
@@ -308,13 +322,21 @@ def load_config(path, overrides=()):
     return _finish(merged, sources, overrides, os.path.abspath(path) if path is not None else None)
 
 
-def config_from_mapping(mapping, source, overrides=()):
+def config_from_mapping(mapping, source, overrides=(), remedy=None):
     """The config stored as a plain mapping (e.g. the "config" entry of a training checkpoint)
     merged over the defaults with the same checks as `load_config`; `source` names where the
-    mapping came from in messages (e.g. "the config stored in 'best.pt'")."""
+    mapping came from in messages (e.g. "the config stored in 'best.pt'"). A key or value of the
+    mapping that this version does not accept (e.g. a key a checkpoint written by an earlier
+    version holds) is a MetaPoseError naming it, followed by `remedy` (what the user can do
+    instead, since a stored mapping is not edited by hand)."""
     merged, sources = copy.deepcopy(_DEFAULTS_CACHE), {}
     content = {key: value for key, value in mapping.items() if key != "config_path"}
-    _merge(merged, content, _DEFAULTS_CACHE, source, sources)
+    try:
+        _merge(merged, content, _DEFAULTS_CACHE, source, sources)
+    except MetaPoseError as error:
+        if remedy is None:
+            raise
+        raise MetaPoseError(f"{error} {remedy}") from None
     return _finish(merged, sources, overrides, None)
 
 
