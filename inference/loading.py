@@ -126,7 +126,7 @@ def resolve_config(checkpoint, info, path, config_path=None, overrides=()):
                                                          "prompt_tokens")}
     else:
         raise MetaPoseError(f"'{path}' holds MetaPose weights but no config; pass --config FILE "
-                            "(the experiment YAML it was trained with, plus its key=value "
+                            "(the experiment YAML it was trained with, plus its KEY=VALUE "
                             "overrides).")
     flags = []
     if encoders.get("image_encoder") in CHOICES["model.image_encoder.type"]:
