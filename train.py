@@ -1,7 +1,10 @@
 """Entry point: trains or evaluates MetaPose (python train.py, torchrun, torch.distributed.launch).
 
     torchrun --nproc_per_node=N train.py --config experiments/human36m/human36m.yaml \
-        --image_encoder hrnet_32 --text_encoder ViT-B/32 --logdir ./logs [--eval] [key=value ...]
+        --image-encoder hrnet_32 --text-encoder ViT-B/32 --logdir ./logs [--eval] [KEY=VALUE ...]
+
+Every flag also takes its underscore spelling (--image_encoder, --run_name, ...), as the published
+commands write them.
 """
 
 import argparse
@@ -17,9 +20,9 @@ import engine
 from datasets.loaders import build_eval_loader, build_train_loader
 from models.loss import build_loss
 from utils import distributed as dist_utils
-from utils.atomic_files import atomic_write_text
+from utils.atomic_files import atomic_write_text, name_output_flag
 from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
-from utils.cli import run_cli
+from utils.cli import UnderscoreAliasParser, add_overrides_argument, run_cli
 from utils.config import CHOICES, load_config
 from utils.cpu_threads import configure_cpu_threads
 from utils.errors import MetaPoseError
@@ -33,44 +36,51 @@ from utils.training_checkpoint import (TrainState, check_resumed_data, check_tra
                                        repair_best_checkpoint, resume_training,
                                        save_training_checkpoint, score_text)
 
-# File names of the published weights; --image_encoder/--text_encoder switch between them.
+# File names of the published weights; --image-encoder/--text-encoder switch between them.
 IMAGE_ENCODER_FILES = {"hrnet_32": "pose_hrnet_w32_256x192.pth",
                        "hrnet_48": "pose_hrnet_w48_256x192.pth"}
 TEXT_ENCODER_FILES = {"ViT-B/32": "ViT-B-32.pt", "ViT-L/14": "ViT-L-14.pt"}
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """Reports a bad command line like every other input error: one `error:` paragraph, exit 2."""
+class _ArgumentParser(UnderscoreAliasParser):
+    """Reports a bad command line like every other input error: one `error:` paragraph, exit 2.
+    Takes the underscore spelling of every flag (--run_name), as the published commands use."""
 
     def error(self, message):
         raise MetaPoseError(f"{message}. Run `python train.py --help` for the options.")
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = _ArgumentParser(
-        description="Train or evaluate MetaPose. Trailing key=value arguments override the config "
-                    "(e.g. train.epochs=5 data.num_workers=4).")
+        description="Train or evaluate MetaPose. Trailing KEY=VALUE arguments override the "
+                    "config (e.g. train.epochs=5 data.num_workers=4).")
     parser.add_argument("--config", required=True, help="experiment YAML file")
-    parser.add_argument("--image_encoder", choices=CHOICES["model.image_encoder.type"],
+    parser.add_argument("--image-encoder", "--image_encoder",
+                        choices=CHOICES["model.image_encoder.type"],
                         help="image encoder type (also switches the default pretrained file)")
-    parser.add_argument("--text_encoder", choices=CHOICES["model.text_encoder.type"],
+    parser.add_argument("--text-encoder", "--text_encoder",
+                        choices=CHOICES["model.text_encoder.type"],
                         help="CLIP text encoder type (also switches the default pretrained file)")
     parser.add_argument("--logdir", default="./logs", help="parent folder of the run directories")
-    parser.add_argument("--run_name",
+    parser.add_argument("--run-name",
                         help="run directory name (default: <config stem>_<image encoder>)")
     parser.add_argument("--eval", action="store_true", help="evaluate a checkpoint and exit")
     parser.add_argument("--checkpoint", help="weights to evaluate (with --eval; default "
-                        "checkpoint/best_epoch_<image_encoder>.bin) or to start training from")
+                        "checkpoint/best_epoch_<image encoder>.bin) or to start training from")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="FILE",
                         help="continue a run from FILE, or from the run's checkpoints/last.pt")
-    parser.add_argument("--allow_data_change", action="store_true",
+    parser.add_argument("--allow-data-change", action="store_true",
                         help="with --resume: continue although the label files differ from "
                         "those the checkpoint was trained on (a changed validation set restarts "
                         "the best score)")
     parser.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,
                         help=argparse.SUPPRESS)  # passed by python -m torch.distributed.launch
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_intermixed_args(argv)  # overrides may sit between options
+    add_overrides_argument(parser)
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_intermixed_args(argv)  # overrides may sit between options
     if args.resume and "=" in args.resume and not os.path.exists(args.resume):
         args.overrides.insert(0, args.resume)  # `--resume key=value`: an override, not a file
         args.resume = ""
@@ -86,7 +96,7 @@ def _switched_file(path, files, new_type):
 
 
 def resolve_config(args):
-    """The config file merged with the encoder flags, then the key=value overrides (which win)."""
+    """The config file merged with the encoder flags, then the KEY=VALUE overrides (which win)."""
     base = load_config(args.config)
     flags = []
     if args.image_encoder:
@@ -222,7 +232,7 @@ class Training:
                                              self.scaler, self.config, self.logger, checkpoint)
             state.data = self.data
             if self.validation_changed:  # scores on two validation sets do not compare
-                self.logger.warning("--allow_data_change: the validation set changed, so the best "
+                self.logger.warning("--allow-data-change: the validation set changed, so the best "
                                     "%s restarts (was %s at epoch %s)",
                                     self.metric_set.score_label, score_text(state.best_score),
                                     state.best_epoch)
@@ -420,6 +430,7 @@ def _peer_stopped(error, context):
 def main(argv=None):
     watch_launcher()  # under torchrun: stop when the launcher is gone
     args = parse_args(argv)
+    name_output_flag("--logdir", args.logdir)  # a failed write there suggests another --logdir
     config = resolve_config(args)
     eval_checkpoint = eval_checkpoint_path(args, config) if args.eval else None
     context = dist_utils.init_distributed(args.local_rank,

@@ -5,23 +5,27 @@ workers over (a) H36MDataset on the memory-mapped columns and (b) a naive datase
 unpickled list of dicts, and prints each worker's RSS / USS / PSS and private dirty memory (MB)
 after the first batch and at the end. Images are blank so only the labels are measured.
 
-    python -m benchmarks.data_memory --frames 100000 --workers 2
+    python benchmarks/data_memory.py --frames 100000 --workers 2
 """
 
 import argparse
 import os
 import pickle
+import sys
 import tempfile
 import time
 
-import numpy as np
-import psutil
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.h36m import H36MDataset
-from benchmarks.label_conversion import write_tool_layout
-from datasets.label_cache import RACY_SECONDS
-from datasets.labels import _return_freed_memory, load_labels
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.label_conversion import write_tool_layout  # noqa: E402
+from datasets.h36m import H36MDataset  # noqa: E402
+from datasets.label_cache import RACY_SECONDS  # noqa: E402
+from datasets.labels import _return_freed_memory, load_labels  # noqa: E402
+from utils.cli import positive_int, run_cli  # noqa: E402
 
 
 class _ListOfDicts(torch.utils.data.Dataset):
@@ -84,13 +88,21 @@ def _measure(name, dataset, workers, batch_size):
               f"{dirty0:6.1f} -> {dirty1:6.1f} MB")
 
 
-def main():
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=100000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--skip-baseline", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--frames", type=positive_int, default=100000,
+                        help="label entries in the synthetic pickle (default 100000)")
+    parser.add_argument("--workers", type=positive_int, default=2,
+                        help="DataLoader worker processes measured (default 2)")
+    parser.add_argument("--batch-size", type=positive_int, default=512,
+                        help="samples per batch (default 512)")
+    parser.add_argument("--skip-baseline", action="store_true",
+                        help="measure the memory-mapped columns only, not the list of dicts")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "h36m_train.pkl")
         write_tool_layout(path, args.frames)  # label entries as tools/prepare_h36m.py writes
@@ -112,14 +124,14 @@ def main():
         print(f"main process RSS after loading {psutil.Process().memory_info().rss / 2**20:.0f} MB")
         dataset = H36MDataset(labels, os.path.join(folder, "images"), image_size=(8, 6),
                               blank_images=True, train=True)
-        _measure("columnar (memory-mapped)", dataset, args.workers, args.batch)
+        _measure("columnar (memory-mapped)", dataset, args.workers, args.batch_size)
         if not args.skip_baseline:
             with open(path, "rb") as handle:
                 entries = pickle.load(handle)
             print(f"main process RSS with the list of dicts "
                   f"{psutil.Process().memory_info().rss / 2**20:.0f} MB")
-            _measure("list of dicts", _ListOfDicts(entries), args.workers, args.batch)
+            _measure("list of dicts", _ListOfDicts(entries), args.workers, args.batch_size)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

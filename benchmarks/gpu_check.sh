@@ -99,21 +99,21 @@ if [ "$PART" != data ]; then
   log "== tests/test_speed_equivalence.py on CUDA"
   timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_speed_equivalence.py \
     -k "cuda or reference_paths" 2>&1 | tail -n 5 | tee -a "$LOG"
-  bench paper_w32_b400_compare --device cuda --batch 400 --compare
+  bench paper_w32_b400_compare --device cuda --batch-size 400 --compare
   if [ "${RUN_W48:-0}" = 1 ]; then
-    bench paper_w48_b400_fast --device cuda --batch 400 --image_encoder hrnet_48
+    bench paper_w48_b400_fast --device cuda --batch-size 400 --image-encoder hrnet_48
   fi
   if [ "${RUN_COMPILE:-0}" = 1 ]; then
-    STEP_TIMEOUT=540 bench paper_w32_b400_compile --device cuda --batch 400 \
+    STEP_TIMEOUT=540 bench paper_w32_b400_compile --device cuda --batch-size 400 \
       --warmup 3 --steps 20 speed.compile=true
   fi
 fi
 
 if [ "$PART" != model ]; then
   wait "$GENERATOR"
-  bench data_crops_w16 --device cuda --data $CROPS --workers 16 --batch 400 --steps 20 \
-    --warmup 3 --with_model
-  bench data_full_w16 --device cuda --data $FULL --workers 16 --batch 400 --steps 8 --warmup 2
+  bench data_crops_w16 --device cuda --data $CROPS --workers 16 --batch-size 400 --steps 20 \
+    --warmup 3 --with-model
+  bench data_full_w16 --device cuda --data $FULL --workers 16 --batch-size 400 --steps 8 --warmup 2
 fi
 
 "$PY" - "$JSONL" <<'EOF' | tee "$SUMMARY" | tee -a "$LOG"

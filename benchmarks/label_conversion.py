@@ -14,8 +14,8 @@ Two pickle layouts:
     tool     what tools/prepare_h36m.py writes now (datasets/label_writer.py: entries written
              incrementally, the memo cleared after every recording).
 
-    python -m benchmarks.label_conversion --entries 1559752 --layout single --folder /tmp/lc
-    python -m benchmarks.label_conversion --entries 389938 --repo /path/to/old/checkout ...
+    python benchmarks/label_conversion.py --entries 1559752 --layout single --folder /tmp/lc
+    python benchmarks/label_conversion.py --entries 389938 --repo /path/to/old/checkout ...
 
 --repo runs the load steps with another checkout's `datasets` package (the "before" figures).
 """
@@ -190,14 +190,24 @@ def _run_load(pickle_path, cache_dir, repo):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entries", type=int, default=1559752)
-    parser.add_argument("--layout", choices=("single", "tool"), default="single")
+    parser.add_argument("--entries", type=int, default=1559752,
+                        help="label entries in the pickle (default 1559752: the H36M training "
+                             "set)")
+    parser.add_argument("--layout", choices=("single", "tool"), default="single",
+                        help="pickle layout: single (one dump) or tool (tools/prepare_h36m.py's); "
+                             "default single")
     parser.add_argument("--folder", required=True, help="where the pickle and its cache go")
-    parser.add_argument("--repo", default=ROOT, help="checkout whose datasets/ does the loading")
-    parser.add_argument("--keep", action="store_true", help="reuse an existing pickle")
-    args = parser.parse_args(argv)
+    parser.add_argument("--repo", default=ROOT,
+                        help="checkout whose datasets/ does the loading (default: this one)")
+    parser.add_argument("--keep", action="store_true",
+                        help="reuse the pickle a previous run left in --folder")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     os.makedirs(args.folder, exist_ok=True)
     path = os.path.join(args.folder, f"h36m_train_{args.layout}_{args.entries}.pkl")
     cache_dir = os.path.join(args.folder, f"cache_{os.path.basename(os.path.abspath(args.repo))}")
@@ -223,4 +233,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    # Imported here, not at the top: the load steps import this module in processes whose
+    # `utils` and `datasets` must come from --repo.
+    sys.path.insert(0, ROOT)
+    from utils.cli import run_cli
+
+    run_cli(main)

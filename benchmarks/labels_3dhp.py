@@ -4,21 +4,26 @@ load, and building the dataset over it (docs/method.md §6: 1,052,736 samples).
 Writes a file in CA-PF's layout with the real sequence lengths (SEQUENCE_INFO x the 8 vnect
 cameras) and random joints, then prints its size, the seconds of each step and the peak RSS.
 
-    python -m benchmarks.labels_3dhp [--scale 1.0] [--keep DIR]
+    python benchmarks/labels_3dhp.py [--scale 1.0] [--folder DIR]
 """
 
 import argparse
 import os
 import resource
 import shutil
+import sys
 import tempfile
 import time
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.mpi_inf_3dhp import MPIINF3DHPDataset
-from datasets.mpi_inf_3dhp_labels import (SEQUENCE_INFO, VNECT_CAMERAS, load_3dhp_labels,
-                                          train_sequence_name, write_label_file)
+import numpy as np  # noqa: E402
+
+from datasets.mpi_inf_3dhp import MPIINF3DHPDataset  # noqa: E402
+from datasets.mpi_inf_3dhp_labels import (SEQUENCE_INFO, VNECT_CAMERAS,  # noqa: E402
+                                          load_3dhp_labels, train_sequence_name,
+                                          write_label_file)
+from utils.cli import run_cli  # noqa: E402
 
 
 def full_size_layout(scale, seed=0):
@@ -43,13 +48,18 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0,
                         help="fraction of the real frame counts (default 1.0: 1,052,736)")
-    parser.add_argument("--keep", help="folder to write into and keep (default: a temp folder)")
-    args = parser.parse_args(argv)
-    folder = args.keep or tempfile.mkdtemp(prefix="labels_3dhp_")
+    parser.add_argument("--folder", help="folder to write into and keep (default: a temporary "
+                                         "folder, removed at the end)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    folder = args.folder or tempfile.mkdtemp(prefix="labels_3dhp_")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "data_train_3dhp.npz")
     try:
@@ -84,9 +94,9 @@ def main(argv=None):
               "sample)")
         print(f"peak RSS of this process: {_peak_rss_mb():.0f} MB")
     finally:
-        if not args.keep:
+        if not args.folder:
             shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

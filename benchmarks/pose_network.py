@@ -9,7 +9,7 @@ same seed and weights; the plain one runs the per-level/head/point reference sam
 (`models.reference_paths`). The two paths run alternately, step by step, and each figure is the
 fastest of `--steps` steps.
 
-    OMP_NUM_THREADS=1 python benchmarks/pose_network.py --batch 8 --json
+    OMP_NUM_THREADS=1 python benchmarks/pose_network.py --batch-size 8 --json
 """
 
 import argparse
@@ -23,11 +23,14 @@ import torch
 from torch import nn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CONFIG = os.path.join(REPO, "experiments", "human36m", "human36m.yaml")
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from models import build_model  # noqa: E402
 from models.reference_paths import reference_paths  # noqa: E402
+from utils.cli import (add_device_argument, add_overrides_argument, positive_int,  # noqa: E402
+                       resolve_device, run_cli)
 from utils.config import load_config  # noqa: E402
 from utils.metrics import mpjpe  # noqa: E402
 
@@ -121,21 +124,31 @@ def measure(models, inputs, steps, warmup, device):
                    for kind, values in kinds.items()} for name, kinds in times.items()}
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="experiments/human36m/human36m.yaml")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="experiment YAML (default: the paper's, "
+                             "experiments/human36m/human36m.yaml)")
+    add_device_argument(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=8,
+                        help="samples per training step (default 8; evaluation runs twice as "
+                             "many: the flip test)")
+    parser.add_argument("--steps", type=positive_int, default=5,
+                        help="timed steps per path and kind; the fastest counts (default 5)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed steps first (default 1)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    add_overrides_argument(parser)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_intermixed_args(argv)
+    device = resolve_device(args.device)
     height, width = load_config(args.config).data.image_size
-    inputs = _inputs(args.batch, height, width, device)
-    report = {"config": args.config, "batch": args.batch, "steps": args.steps,
-              "threads": torch.get_num_threads(), "device": args.device}
+    inputs = _inputs(args.batch_size, height, width, device)
+    report = {"config": os.path.relpath(args.config), "batch": args.batch_size,
+              "steps": args.steps, "threads": torch.get_num_threads(), "device": str(device)}
     models = {name: _model(args.config, list(args.overrides), inputs, device)
               for name in ("plain", "fast")}
     with reference_paths(models["plain"]):
@@ -153,4 +166,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,7 +1,7 @@
 """Speed of the data tools on this machine: tools/prepare_h36m.py on a fake release (frames/s)
 and tools/precrop_h36m.py on synthetic full frames (crops/s).
 
-    python -m benchmarks.prepare_speed --frames 2000 --crops 400 --workers 1 2
+    python benchmarks/prepare_speed.py --frames 2000 --crops 400 --workers 1 2
 
 The fake release (tests/fake_h36m_release.py) has every sequence of S1 and S9 for two cameras,
 `--frames` frames each, in the real file formats (CDF poses, cameras.h5, CPN .npz); preparing it
@@ -25,6 +25,7 @@ sys.path.insert(0, ROOT)
 from datasets.synthetic import generate_synthetic  # noqa: E402
 from tests.fake_h36m_release import write_fake_release  # noqa: E402
 from tools import precrop_h36m, prepare_h36m  # noqa: E402
+from utils.cli import positive_int, run_cli  # noqa: E402
 
 
 # runs a tool's main and prints its own peak RSS (bytes) last on stderr
@@ -73,16 +74,24 @@ def precrop_speed(folder, crops, workers):
         shutil.rmtree(out)
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=2000, help="frames per fake recording")
-    parser.add_argument("--crops", type=int, default=400, help="full frames to crop")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    args = parser.parse_args(argv)
+    parser.add_argument("--frames", type=positive_int, default=2000,
+                        help="frames per fake recording (default 2000)")
+    parser.add_argument("--crops", type=positive_int, default=400,
+                        help="full frames to crop (default 400)")
+    parser.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], metavar="N",
+                        help="worker counts of tools/precrop_h36m.py, one figure each "
+                             "(default 1 2)")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
     with tempfile.TemporaryDirectory() as folder:
         prepare_speed(folder, args.frames)
         precrop_speed(folder, args.crops, args.workers)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,8 +1,8 @@
 """Benchmark of the text path alone: one encoding of all 15 actions, truncated vs the full 77
 tokens, in both layouts, and how far the truncated features are from the full-length ones.
 
-    python benchmarks/text_path.py [--text_encoder ViT-B/32] [--device cpu] [--repeats 3]
-        [--prompts FILE] [--json]
+    python benchmarks/text_path.py [--text-encoder ViT-B/32] [--device cpu|cuda|cuda:N]
+        [--repeats 3] [--prompts FILE] [--json]
 
 The CLIP tower has random weights (no file is read here); speed and the truncation error do not
 depend on the values. Prints, per layout:
@@ -30,17 +30,26 @@ import torch  # noqa: E402
 from models.prompts import DEFAULT_PROMPTS_FILE  # noqa: E402
 from models.text_encoder import (TEXT_LAYOUTS, build_text_encoder,  # noqa: E402
                                  text_features_reference)
+from utils.cli import add_device_argument, positive_int, resolve_device, run_cli  # noqa: E402
+from utils.config import CHOICES  # noqa: E402
 from utils.skeleton import ACTION_IDS  # noqa: E402
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--text_encoder", choices=("ViT-B/32", "ViT-L/14"), default="ViT-B/32")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs (the minimum counts)")
-    parser.add_argument("--prompts", default=DEFAULT_PROMPTS_FILE, help="prompts file")
+    parser.add_argument("--text-encoder", choices=CHOICES["model.text_encoder.type"],
+                        default="ViT-B/32", help="CLIP text encoder type (default ViT-B/32)")
+    add_device_argument(parser)
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="timed runs (the minimum counts; default 3)")
+    parser.add_argument("--prompts", default=DEFAULT_PROMPTS_FILE,
+                        help="prompts file (default: the repository's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def best_time(function, repeats, device):
@@ -99,7 +108,7 @@ def measure(layout, args, device):
 
 def main(argv=None):
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     results = {layout: measure(layout, args, device) for layout in TEXT_LAYOUTS}
     results["text_encoder"] = args.text_encoder
     results["threads"] = torch.get_num_threads()
@@ -117,4 +126,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -23,12 +23,12 @@ the ratios and the largest difference between their predictions.
 
 `--data DIR` measures the real input pipeline instead: `build_train_loader` over the
 (synthetic or real) set in DIR, JPEG decoding in `--workers` processes, pinning, and
-`datasets.transforms.prepare_batch` on the device; with `--with_model` the training steps run on those
-batches too, so input stalls show as the gap to the model-only figure.
+`datasets.transforms.prepare_batch` on the device; with `--with-model` the training steps run on
+those batches too, so input stalls show as the gap to the model-only figure.
 
-    python benchmarks/throughput.py --device cpu --batch 8
-    python benchmarks/throughput.py --device cuda --batch 400 --compare --json
-    python benchmarks/throughput.py --data /tmp/synthetic --workers 16 --batch 400 --with_model
+    python benchmarks/throughput.py --device cpu --batch-size 8
+    python benchmarks/throughput.py --device cuda --batch-size 400 --compare --json
+    python benchmarks/throughput.py --data /tmp/synthetic --workers 16 --batch-size 400 --with-model
 """
 
 import argparse
@@ -54,13 +54,15 @@ from models.loss import build_loss  # noqa: E402
 from models.reference_paths import reference_paths  # noqa: E402
 from utils.precision import autocast_context  # noqa: E402
 from utils import distributed as dist_utils  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from utils.cli import (add_device_argument, add_overrides_argument, positive_int,  # noqa: E402
+                       resolve_device, run_cli)
+from utils.config import CHOICES, load_config  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 from utils.run_dir import git_commit, has_uncommitted_changes  # noqa: E402
 from utils.skeleton import ACTION_IDS, CROP_HEIGHT, CROP_WIDTH, NUM_JOINTS  # noqa: E402
 
-DEFAULT_CONFIG = "experiments/human36m/human36m.yaml"
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "experiments", "human36m", "human36m.yaml")
 # What --plain changes in the config: every speed option off (the published implementation's
 # way); the model's reference paths and unpinned batches come on top (see `plain_paths`).
 PLAIN_OVERRIDES = ("speed.amp=none", "speed.channels_last=false", "speed.cudnn_benchmark=false",
@@ -68,15 +70,19 @@ PLAIN_OVERRIDES = ("speed.amp=none", "speed.channels_last=false", "speed.cudnn_b
 NO_LOGGING = 10 ** 9  # log_every for the engine loops: no log lines inside timed steps
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=DEFAULT_CONFIG)
-    parser.add_argument("--device", choices=("cpu", "cuda"),
-                        default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch", type=int, default=None, help="default: 400 on cuda, 8 on cpu")
-    parser.add_argument("--image_encoder", choices=("hrnet_32", "hrnet_48"), default=None)
-    parser.add_argument("--text_encoder", choices=("ViT-B/32", "ViT-L/14"), default=None)
-    parser.add_argument("--steps", type=int, default=None,
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="experiment YAML (default: the paper's, "
+                             "experiments/human36m/human36m.yaml)")
+    add_device_argument(parser)
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help="samples per step (default 400 on cuda, 8 on cpu)")
+    parser.add_argument("--image-encoder", choices=CHOICES["model.image_encoder.type"],
+                        help="image encoder type (default: the config's)")
+    parser.add_argument("--text-encoder", choices=CHOICES["model.text_encoder.type"],
+                        help="CLIP text encoder type (default: the config's)")
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help="timed steps (default 20 cuda, 3 cpu)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps first (default 5 cuda, 1 cpu)")
@@ -91,18 +97,19 @@ def parse_args(argv=None):
                         help="measure the DataLoader on the set in this folder (data.root)")
     parser.add_argument("--workers", type=int, default=None,
                         help="DataLoader workers for --data (default data.num_workers)")
-    parser.add_argument("--with_model", action="store_true",
+    parser.add_argument("--with-model", action="store_true",
                         help="with --data: also run the training steps on the loaded batches")
     parser.add_argument("--json", action="store_true", help="print one JSON object only")
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    args = parser.parse_args(argv)
-    for name in ("batch", "steps"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise MetaPoseError(f"--{name} must be at least 1, got {getattr(args, name)}.")
+    add_overrides_argument(parser)
+    return parser
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_intermixed_args(argv)
     if args.warmup is not None and args.warmup < 0:
         raise MetaPoseError(f"--warmup must be 0 or more, got {args.warmup}.")
     if args.with_model and not args.data:
-        raise MetaPoseError("--with_model needs --data DIR (the model alone is the default mode).")
+        raise MetaPoseError("--with-model needs --data DIR (the model alone is the default mode).")
     if args.compare and args.data:
         raise MetaPoseError("--compare measures the model alone; run --data once with and once "
                             "without --plain instead.")
@@ -365,7 +372,7 @@ class LoaderBatches:
 
 def measure_data(config, args, device, batch, steps, warmup):
     """Samples per second of the training input pipeline (decode, collate, pin, copy,
-    normalise and flip on the device) and, with --with_model, of whole training steps on it."""
+    normalise and flip on the device) and, with --with-model, of whole training steps on it."""
     from datasets import build_dataset
 
     dataset = build_dataset(config, "train")
@@ -375,7 +382,7 @@ def measure_data(config, args, device, batch, steps, warmup):
                                 pin_memory=not args.plain)
     if len(loader) < 1 or len(dataset) < batch:
         raise MetaPoseError(f"--data {args.data} holds {len(dataset)} training frames, fewer "
-                            f"than one batch of {batch}; use a smaller --batch or a larger set.")
+                            f"than one batch of {batch}; use a smaller --batch-size or a larger set.")
     loader.sampler.set_epoch(0)
     loader.dataset.set_epoch(0)
     state = {"epoch": 0, "iterator": iter(loader)}
@@ -452,18 +459,15 @@ def ratios(fast, plain):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise MetaPoseError("--device cuda was asked for but PyTorch sees no CUDA device; use "
-                            "--device cpu.")
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
-    batch = args.batch or (400 if on_gpu else 8)
+    batch = args.batch_size or (400 if on_gpu else 8)
     steps = args.steps or (20 if on_gpu else 3)
     warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
     config = build_config(args, plain=args.plain)
     report = {
         "device": describe_device(device), "torch": torch.__version__, "commit": git_commit() + ("+changes" if has_uncommitted_changes() else ""),
-        "config": args.config, "batch": batch, "steps": steps, "warmup": warmup,
+        "config": os.path.relpath(args.config), "batch": batch, "steps": steps, "warmup": warmup,
         "image_encoder": config.model.image_encoder.type,
         "text_encoder": config.model.text_encoder.type,
         "image_size": list(config.data.image_size),

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from utils.checkpoint import load_checkpoint, load_model_state, load_model_weights
+from utils.cli import resolve_device
 from utils.config import CHOICES, config_from_mapping, load_config
 from utils.errors import MetaPoseError
 from utils.skeleton import ACTION_IDS, ACTION_NAMES
@@ -128,7 +129,7 @@ def resolve_config(checkpoint, info, path, config_path=None, overrides=()):
                                                          "prompt_tokens")}
     else:
         raise MetaPoseError(f"'{path}' holds MetaPose weights but no config; pass --config FILE "
-                            "(the experiment YAML it was trained with, plus its key=value "
+                            "(the experiment YAML it was trained with, plus its KEY=VALUE "
                             "overrides).")
     flags = []
     if encoders.get("image_encoder") in CHOICES["model.image_encoder.type"]:
@@ -246,17 +247,3 @@ def prepare_for_inference(model, config, info=None, path="(in memory)", device="
     if head.module is not None:
         head.module.to(device)
     return LoadedModel(model, config, info, path, mode, head)
-
-
-def resolve_device(device):
-    """torch.device of "cpu" / "cuda" / "cuda:N" (or a device), checked to exist."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise MetaPoseError(f"--device {device!r} is not a device; use cpu or cuda.") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MetaPoseError(f"--device {device} was asked for but CUDA is not available here; "
-                            "use --device cpu.")
-    if device.type not in ("cpu", "cuda"):
-        raise MetaPoseError(f"--device {device} is not supported; use cpu or cuda.")
-    return device

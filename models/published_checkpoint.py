@@ -256,9 +256,11 @@ def published_name(key):
 # Does a converted file fit a model?
 
 def _flag(detected, types, encoder, width):
-    """The train.py flag that builds the encoder a file has: its type, or (for a width no
-    published type has, e.g. a test model) the width override."""
-    return f"--{encoder} {detected}" if detected in types else f"model.{encoder}.width={width}"
+    """The config override that builds the encoder a file has (every script that loads weights
+    takes overrides): its type, or (for a width no published type has, e.g. a test model) its
+    width."""
+    return f"model.{encoder}.type={detected}" if detected in types \
+        else f"model.{encoder}.width={width}"
 
 
 def _encoder_mismatch(model_state, info, path):

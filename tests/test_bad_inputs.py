@@ -48,7 +48,7 @@ class World:
         return os.path.join(self.root, *parts)
 
     def base_args(self, run_name, *extra):
-        return ["--config", TINY, "--logdir", self.logs, "--run_name", run_name,
+        return ["--config", TINY, "--logdir", self.logs, "--run-name", run_name,
                 f"data.root={self.data}", *extra]  # later overrides win
 
     @property
@@ -228,12 +228,12 @@ CASES = {
     "unknown image encoder (config)": (
         lambda w: w.base_args("enc", "model.image_encoder.type=hrnet_64"),
         ["'model.image_encoder.type'", "'hrnet_64'", "'hrnet_32', 'hrnet_48'"]),
-    "unknown image encoder (--image_encoder)": (
-        lambda w: w.base_args("enc", "--image_encoder", "hrnet_64"),
-        ["--image_encoder", "'hrnet_64'", "hrnet_32", "hrnet_48"]),
-    "unknown text encoder (--text_encoder)": (
-        lambda w: w.base_args("enc", "--text_encoder", "ViT-H/14"),
-        ["--text_encoder", "'ViT-H/14'", "ViT-B/32", "ViT-L/14"]),
+    "unknown image encoder (--image-encoder)": (
+        lambda w: w.base_args("enc", "--image-encoder", "hrnet_64"),
+        ["--image-encoder", "'hrnet_64'", "hrnet_32", "hrnet_48"]),
+    "unknown text encoder (--text-encoder)": (
+        lambda w: w.base_args("enc", "--text-encoder", "ViT-H/14"),
+        ["--text-encoder", "'ViT-H/14'", "ViT-B/32", "ViT-L/14"]),
     "batch size 0": (
         lambda w: w.base_args("range", "train.batch_size=0"),
         ["'train.batch_size'", "is 0, out of range", ">= 1"]),
@@ -258,7 +258,7 @@ CASES = {
         ["file.txt", "--logdir", "writable"]),
     # -- pretrained weights (the model is built, no data is read) --
     "missing HRNet weights (paper config)": (
-        lambda w: ["--config", PAPER, "--logdir", w.logs, "--image_encoder", "hrnet_48",
+        lambda w: ["--config", PAPER, "--logdir", w.logs, "--image-encoder", "hrnet_48",
                    f"data.root={w.data}"],
         ["model.image_encoder.pretrained", "data/pretrained/coco/pose_hrnet_w48_256x192.pth"]),
     "missing CLIP weights": (

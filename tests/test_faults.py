@@ -39,7 +39,7 @@ class Space:
     def args(self, run_name, *extra, data=None):
         # batch 8: eight steps per epoch; no figures (they cost time and are tested elsewhere).
         # seed 2: with it epoch 2 is a new best (the kill tests need a best.pt write in epoch 2).
-        return ["--config", TINY, "--logdir", self.logs, "--run_name", run_name,
+        return ["--config", TINY, "--logdir", self.logs, "--run-name", run_name,
                 f"data.root={data or self.data}", "train.batch_size=8", "eval.num_visualize=0",
                 "seed=2", *extra]
 
@@ -315,9 +315,9 @@ def test_resume_refuses_other_label_files_unless_allowed(space):
     assert run_child(args, output=output) == 2
     error = read(output).strip().splitlines()[-1]
     assert error.startswith("error: the train label file '" + other)
-    assert "--allow_data_change" in error and "35 frames" not in error  # train file: 64 frames
+    assert "--allow-data-change" in error and "35 frames" not in error  # train file: 64 frames
     assert read(os.path.join(run_dir, "config.yaml")) == before  # nothing recorded
-    assert run_child(args + ["--allow_data_change"], output=output) == 0, read(output)[-3000:]
+    assert run_child(args + ["--allow-data-change"], output=output) == 0, read(output)[-3000:]
     assert "the best P1 restarts" in read(output)
     last = load(run_dir, "last.pt")
     assert last["data"]["validation"]["frames"] == VAL_FRAMES - 2
@@ -381,7 +381,7 @@ def test_second_writer_is_refused_naming_the_holder(space):
         error = read(output).strip().splitlines()[-1]
         assert error.startswith(f"error: run directory '{run_dir}' is in use by another process "
                                 f"(pid {os.getpid()} on host {socket.gethostname()}")
-        assert "--run_name" in error
+        assert "--run-name" in error
         assert files == {path: os.path.getmtime(path)
                          for path in glob.glob(os.path.join(run_dir, "**"), recursive=True)}
     finally:

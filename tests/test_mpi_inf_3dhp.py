@@ -284,7 +284,7 @@ def test_make_synthetic_command_line(tmp_path):
 def trained_3dhp(tmp_path_factory):
     """2 epochs with 2 processes (torchrun) on a synthetic 3DHP set the run generates itself."""
     space = tmp_path_factory.mktemp("train_3dhp")
-    args = ["--config", TINY_3DHP, "--logdir", str(space / "logs"), "--run_name", "ddp",
+    args = ["--config", TINY_3DHP, "--logdir", str(space / "logs"), "--run-name", "ddp",
             f"data.root={space / 'data'}", "train.batch_size=8"]
     result = run_train(args, processes=2)
     return space, str(space / "logs" / "ddp"), result.stdout
@@ -316,7 +316,7 @@ def test_eval_with_1_2_3_processes_counts_every_valid_frame_once(trained_3dhp):
     results = {}
     for processes in (1, 2, 3):
         name = f"eval{processes}"
-        run_train(["--config", TINY_3DHP, "--logdir", str(space / "logs"), "--run_name", name,
+        run_train(["--config", TINY_3DHP, "--logdir", str(space / "logs"), "--run-name", name,
                    "--eval", "--checkpoint", checkpoint, f"data.root={space / 'data'}"],
                   processes=processes)
         with open(os.path.join(space / "logs" / name, "eval.json"), encoding="utf-8") as handle:

@@ -210,6 +210,19 @@ def test_import_tool_on_files_without_the_assignments(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_import_tool_write_error_names_its_own_flag(tmp_path, capsys):
+    """The shared write error suggests the flag of this tool (--out), not train.py's --logdir."""
+    train_py = tmp_path / "train.py"
+    train_py.write_text(fake_train_py(), encoding="utf-8")
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(import_prompts.main, ["--train-py", str(train_py),
+                                      "--out", str(tmp_path / "a_file" / "prompts.yaml")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "(or pass another --out)" in err, err
+    assert "--logdir" not in err
+
+
 def test_imported_yaml_is_plain_safe_yaml(tmp_path, capsys):
     _, _, out = run_tool(tmp_path, fake_train_py(), capsys)
     content = yaml.safe_load(out.read_text(encoding="utf-8"))

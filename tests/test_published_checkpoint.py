@@ -172,7 +172,7 @@ def test_seed_command_evaluates_the_published_file_and_its_conversion(paper, mon
     os.symlink(paper["path"], root / "repo" / "checkpoint" / "best_epoch_hrnet_32.bin")
     monkeypatch.setattr(train, "REPO_ROOT", str(root / "repo"))  # the default --eval path
     logs = str(root / "logs")
-    assert train.main(SEED_COMMAND + ["--logdir", logs, "--run_name", "published",
+    assert train.main(SEED_COMMAND + ["--logdir", logs, "--run-name", "published",
                                       *paper["overrides"]]) == 0
     with open(os.path.join(logs, "published", "eval.json"), encoding="utf-8") as handle:
         published = json.load(handle)
@@ -191,7 +191,7 @@ def test_seed_command_evaluates_the_published_file_and_its_conversion(paper, mon
     assert not is_published_checkpoint(converted)
     assert_every_tensor_arrived(converted["model"], paper["content"])
 
-    assert train.main(SEED_COMMAND + ["--checkpoint", out, "--logdir", logs, "--run_name",
+    assert train.main(SEED_COMMAND + ["--checkpoint", out, "--logdir", logs, "--run-name",
                                       "converted", *paper["overrides"]]) == 0
     with open(os.path.join(logs, "converted", "eval.json"), encoding="utf-8") as handle:
         again = json.load(handle)
@@ -213,7 +213,7 @@ def test_other_encoder_widths_name_the_flags_to_pass(paper):
     assert info.image_encoder == "hrnet_48"
     with pytest.raises(MetaPoseError, match=r"'w48\.bin' is a published checkpoint of hrnet_48 "
                                             r"\(level widths 48/96/192/384\).*HRNet width 32; "
-                                            r"pass --image_encoder hrnet_48"):
+                                            r"pass model\.image_encoder\.type=hrnet_48"):
         load_model_weights(model, state, "w48.bin", info)
 
     wide_text = {**model.state_dict(), "text_encoder.clip.positional_embedding":
@@ -222,7 +222,7 @@ def test_other_encoder_widths_name_the_flags_to_pass(paper):
                           text_encoder="ViT-L/14", image_encoder="hrnet_32")
     error = _encoder_mismatch(model.state_dict(), info, "l14.bin")
     assert "CLIP ViT-L/14 text tower (width 768)" in str(error)
-    assert "pass --text_encoder ViT-L/14" in str(error)
+    assert "pass model.text_encoder.type=ViT-L/14" in str(error)
     assert _encoder_mismatch(wide_text, info, "l14.bin") is None
 
     fewer = {**content["model"], "module.learnable_prompts": torch.zeros(17 * 4, 512)}
@@ -263,7 +263,7 @@ def run_main(main, args, capsys):
 
 def test_fine_tuning_from_a_published_file_keeps_its_frozen_prompts(tiny, capsys):
     path, content = write_tiny_file(tiny, "tiny.bin")
-    assert train.main(tiny["args"] + ["--checkpoint", path, "--run_name", "finetune"]) == 0
+    assert train.main(tiny["args"] + ["--checkpoint", path, "--run-name", "finetune"]) == 0
     run = tiny["root"] / "logs" / "finetune"
     log = (run / "log.txt").read_text(encoding="utf-8")
     assert "weights only: a fresh optimizer" in log and "converted in memory" in log
@@ -325,7 +325,7 @@ def test_broken_published_files_fail_naming_the_tensor(tiny, capsys, change, mes
     for main, args in ((convert_published_checkpoint.main,
                         ["--checkpoint", path, "--out", out, "--config", TINY]),
                        (train.main, tiny["args"] + ["--eval", "--checkpoint", path,
-                                                    "--run_name", "broken"])):
+                                                    "--run-name", "broken"])):
         code, output = run_main(main, args, capsys)
         assert code == 2 and output.err.startswith("error: ") and output.err.count("\n") == 1
         assert path in output.err

@@ -389,7 +389,7 @@ MODEL_KEYS = ("train_samples_per_s", "eval_samples_per_s", "encoder_samples_per_
 def test_throughput_benchmark_smoke():
     """The documented command prints one JSON object with every documented figure."""
     command = [sys.executable, "benchmarks/throughput.py", "--device", "cpu", "--config", TINY,
-               "--batch", "2", "--steps", "1", "--warmup", "0", "--json"]
+               "--batch-size", "2", "--steps", "1", "--warmup", "0", "--json"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
@@ -403,7 +403,7 @@ def test_throughput_benchmark_smoke():
 def test_throughput_compare_reports_ratios_and_equal_predictions(capsys):
     """--compare measures the plain and fast configurations in one process; built with the
     same seed, both predict the same poses (float32 on CPU: relative 1e-5)."""
-    throughput.main(["--device", "cpu", "--config", TINY, "--batch", "2", "--steps", "1",
+    throughput.main(["--device", "cpu", "--config", TINY, "--batch-size", "2", "--steps", "1",
                      "--warmup", "0", "--compare", "--json"])
     report = json.loads(capsys.readouterr().out)
     for key in MODEL_KEYS:
@@ -416,11 +416,11 @@ def test_throughput_compare_reports_ratios_and_equal_predictions(capsys):
 
 
 def test_throughput_data_mode(tiny_h36m_dir, capsys):
-    """--data reads and decodes the set through the training DataLoader (and, --with_model,
+    """--data reads and decodes the set through the training DataLoader (and, --with-model,
     trains on it)."""
     throughput.main(["--device", "cpu", "--config", TINY, "--data", str(tiny_h36m_dir),
-                     "--batch", "2", "--steps", "4", "--warmup", "1", "--workers", "0",
-                     "--with_model", "--json"])
+                     "--batch-size", "2", "--steps", "4", "--warmup", "1", "--workers", "0",
+                     "--with-model", "--json"])
     report = json.loads(capsys.readouterr().out)
     assert report["frames"] == 6 and report["workers"] == 0 and report["image_mode"] == "full"
     assert report["data_samples_per_s"] > 0 and report["train_samples_per_s"] > 0
@@ -431,7 +431,7 @@ def test_pose_network_benchmark_reports_both_paths(capsys):
     plain and the fast path and prints the ratios."""
     from benchmarks import pose_network
 
-    pose_network.main(["--config", TINY, "--batch", "2", "--steps", "1", "--warmup", "0",
+    pose_network.main(["--config", TINY, "--batch-size", "2", "--steps", "1", "--warmup", "0",
                        "--json"])
     report = json.loads(capsys.readouterr().out)
     for path in ("plain", "fast"):

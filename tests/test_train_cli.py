@@ -48,7 +48,7 @@ class Workspace:
 
     def args(self, run_name, *extra):
         # batch 8: eight steps per epoch, so that a SIGTERM lands inside an epoch.
-        return ["--config", TINY, "--logdir", self.logs, "--run_name", run_name, *extra,
+        return ["--config", TINY, "--logdir", self.logs, "--run-name", run_name, *extra,
                 f"data.root={self.data}", "train.batch_size=8", "train.log_every=1"]
 
     def run_dir(self, run_name):
@@ -214,7 +214,7 @@ def test_fresh_start_never_overwrites_a_run(workspace, baseline):
     before = os.path.getmtime(os.path.join(baseline, "checkpoints", "last.pt"))
     result = run_train(workspace.args("base"), expect=2)
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
-    assert "--resume" in result.stderr and "--run_name" in result.stderr
+    assert "--resume" in result.stderr and "--run-name" in result.stderr
     assert os.path.getmtime(os.path.join(baseline, "checkpoints", "last.pt")) == before
 
 
@@ -246,7 +246,7 @@ def test_eval_gives_the_same_result_with_1_2_3_processes(workspace, baseline):
         name = f"eval{processes}"
         args = workspace.args(name, "--eval", "--checkpoint", checkpoint)
         if processes == 1:  # the default folder: <logdir>/eval_<run>_<checkpoint>_<date-time>
-            args.remove("--run_name")
+            args.remove("--run-name")
             args.remove(name)
         run_train(args, processes, launcher)
         if processes == 1:
@@ -361,7 +361,7 @@ def test_sigkill_then_resume_with_two_processes_is_exact(workspace, ddp_baseline
 def test_encoder_flags_switch_default_pretrained_files():
     paper = os.path.join(REPO, "experiments", "human36m", "human36m.yaml")
     config = train.resolve_config(train.parse_args(
-        ["--config", paper, "--image_encoder", "hrnet_48", "--text_encoder", "ViT-L/14"]))
+        ["--config", paper, "--image-encoder", "hrnet_48", "--text-encoder", "ViT-L/14"]))
     assert config.model.image_encoder.type == "hrnet_48"
     assert config.model.image_encoder.pretrained == \
         "data/pretrained/coco/pose_hrnet_w48_256x192.pth"
@@ -369,11 +369,11 @@ def test_encoder_flags_switch_default_pretrained_files():
     assert config.model.text_encoder.pretrained == "data/pretrained/clip/ViT-L-14.pt"
     # An explicit override wins; a null (random) initialisation stays null.
     config = train.resolve_config(train.parse_args(
-        ["--config", paper, "--image_encoder", "hrnet_48",
+        ["--config", paper, "--image-encoder", "hrnet_48",
          "model.image_encoder.pretrained=my.pth"]))
     assert config.model.image_encoder.pretrained == "my.pth"
     config = train.resolve_config(
-        train.parse_args(["--config", TINY, "--image_encoder", "hrnet_48"]))
+        train.parse_args(["--config", TINY, "--image-encoder", "hrnet_48"]))
     assert config.model.image_encoder.pretrained is None
 
 
@@ -382,7 +382,7 @@ def test_resume_without_file_before_overrides():
     assert args.resume == "" and args.overrides == ["train.epochs=3", "train.lr=0.1"]
     args = train.parse_args(["--config", TINY, "--local-rank=1", "--resume", "x.pt"])
     assert args.resume == "x.pt" and args.local_rank == 1
-    args = train.parse_args(["--config", TINY, "a.b=1", "--run_name", "x", "c.d=2"])
+    args = train.parse_args(["--config", TINY, "a.b=1", "--run-name", "x", "c.d=2"])
     assert args.overrides == ["a.b=1", "c.d=2"] and args.run_name == "x"
 
 
@@ -394,7 +394,7 @@ def test_unwritable_logdir_and_missing_eval_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "REPO_ROOT", str(tmp_path))
     with pytest.raises(MetaPoseError) as error:
         train.main(["--config", TINY, "--logdir", str(tmp_path / "logs"), "--eval",
-                    "--image_encoder", "hrnet_48"])
+                    "--image-encoder", "hrnet_48"])
     assert "best_epoch_hrnet_48.bin" in str(error.value)
     assert "--checkpoint logs/" in str(error.value)
     assert not os.path.exists(tmp_path / "logs")  # a failed start leaves nothing behind

@@ -1,5 +1,6 @@
 """Sample figures, PNG grids, the CLI error wrapper and the visualize tool's input checks."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import torch
 from matplotlib.figure import Figure
 
 from utils.cli import run_cli
+from utils.config import load_config
 from utils.errors import MetaPoseError
 from utils.visualization import crop_to_image_pixels, draw_sample, figure_to_array, save_samples_png
 
@@ -105,7 +107,7 @@ def test_run_cli_turns_errors_into_exit_codes(capsys):
     assert exit_info.value.code == 0
 
 
-def test_visualize_tool_rejects_bad_input(tmp_path):
+def test_visualize_tool_rejects_bad_input(tmp_path, capsys):
     from tools.visualize import main
 
     config = os.path.join(REPO, "experiments", "tests", "tiny.yaml")
@@ -118,10 +120,14 @@ def test_visualize_tool_rejects_bad_input(tmp_path):
     torch.save({"epoch": 3}, not_weights)
     with pytest.raises(MetaPoseError, match="is not a model checkpoint"):
         main(["--config", config, "--checkpoint", str(not_weights), "--out", out])
+    weights = tmp_path / "weights.pt"
+    torch.save({"model": {"lift.weight": torch.zeros(3, 2)}}, weights)
     with pytest.raises(MetaPoseError, match="config file"):
-        main(["--config", str(tmp_path / "none.yaml"), "--checkpoint", str(garbage), "--out", out])
-    with pytest.raises(MetaPoseError, match="--num"):
+        main(["--config", str(tmp_path / "none.yaml"), "--checkpoint", str(weights), "--out", out])
+    with pytest.raises(SystemExit) as exit_info:  # refused by the parser: usage, exit 2
         main(["--config", config, "--checkpoint", str(garbage), "--out", out, "--num", "0"])
+    assert exit_info.value.code == 2 and "--num: expected a positive integer, got '0'" in \
+        capsys.readouterr().err
 
     # As a program: one line on stderr, exit status 2, no traceback.
     result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "visualize.py"),
@@ -188,6 +194,15 @@ def test_visualize_tool_with_stand_in_model_and_data(tmp_path, monkeypatch):
         assert main(["--config", config, "--checkpoint", str(tmp_path / name), "--out", str(out),
                      "--num", "3", "--device", "cpu"]) == 0
         assert cv2.imread(str(out)) is not None
+
+    # Without --config: the config stored in the checkpoint; a raw state dict has none.
+    stored = {"model": weights, "epoch": 1, "config": json.loads(json.dumps(load_config(config)))}
+    torch.save(stored, tmp_path / "stored.pt")
+    assert main(["--checkpoint", str(tmp_path / "stored.pt"), "--out", str(tmp_path / "s.png"),
+                 "--num", "2", "--device", "cpu"]) == 0
+    assert cv2.imread(str(tmp_path / "s.png")) is not None
+    with pytest.raises(MetaPoseError, match="holds MetaPose weights but no config; pass --config"):
+        main(["--checkpoint", str(tmp_path / "raw.pt"), "--out", str(tmp_path / "r.png")])
 
     torch.save({"model": {"other.weight": torch.zeros(3, 2)}}, tmp_path / "wrong.pt")
     with pytest.raises(MetaPoseError, match="does not fit"):

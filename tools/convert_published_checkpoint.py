@@ -2,8 +2,8 @@
 
 Usage:
     python tools/convert_published_checkpoint.py --checkpoint checkpoint/best_epoch_hrnet_32.bin \
-        --out checkpoint/metapose_hrnet_32.pt [--image_encoder hrnet_32] [--text_encoder ViT-B/32]
-        [--config experiments/human36m/human36m.yaml] [key=value ...]
+        --out checkpoint/metapose_hrnet_32.pt [--image-encoder hrnet_32] [--text-encoder ViT-B/32]
+        [--config experiments/human36m/human36m.yaml] [KEY=VALUE ...]
 
 The published file is read with weights-only loading, converted (models/published_checkpoint.py),
 and checked against the model that --config (default: the paper configuration) builds with the
@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import (file_sha256, load_checkpoint, load_model_state,  # noqa: E402
                               load_model_weights, save_checkpoint)
-from utils.cli import run_cli  # noqa: E402
+from utils.atomic_files import name_output_flag  # noqa: E402
+from utils.cli import add_overrides_argument, run_cli  # noqa: E402
 from utils.config import CHOICES, load_config  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 
@@ -31,18 +32,24 @@ PAPER_CONFIG = os.path.join(REPO_ROOT, "experiments", "human36m", "human36m.yaml
 WEIGHTS_FORMAT = "metapose-weights-v1"
 
 
-def parse_args(argv):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="file written by the published train.py")
     parser.add_argument("--out", required=True, help="converted checkpoint to write")
-    parser.add_argument("--image_encoder", choices=CHOICES["model.image_encoder.type"],
+    parser.add_argument("--image-encoder", choices=CHOICES["model.image_encoder.type"],
                         help="HRNet of the file (default: read from the file)")
-    parser.add_argument("--text_encoder", choices=CHOICES["model.text_encoder.type"],
+    parser.add_argument("--text-encoder", choices=CHOICES["model.text_encoder.type"],
                         help="CLIP model of the file (default: read from the file)")
     parser.add_argument("--config", default=PAPER_CONFIG,
-                        help="configuration the file is checked against (default: the paper's)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_args(argv)
+                        help="configuration the file is checked against (default: the paper's, "
+                             "which is right for a published file: it carries no config of "
+                             "this project)")
+    add_overrides_argument(parser)
+    return parser
+
+
+def parse_args(argv):
+    return build_parser().parse_intermixed_args(argv)
 
 
 def verification_config(args, info):
@@ -63,6 +70,7 @@ def verification_config(args, info):
 
 def main(argv=None):
     args = parse_args(argv)
+    name_output_flag("--out", args.out)
     checkpoint = load_checkpoint(args.checkpoint)
     state, info = load_model_state(checkpoint, args.checkpoint)
     if not info.published:

@@ -2,7 +2,7 @@
 
 Usage:
     python tools/export.py --checkpoint FILE --out FILE.onnx [--config FILE]
-        [--action NAME|all] [--flip-test] [--opset N] [key=value ...]
+        [--action NAME|all] [--flip-test] [--opset N] [KEY=VALUE ...]
 
 The graph holds the HRNet trunk and the pose network; the text features of the prompts are a
 constant table, so it needs neither CLIP nor the tokenizer. joint mode: no action input.
@@ -20,28 +20,35 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from inference.onnx_export import DEFAULT_OPSET, MIN_OPSET, TOLERANCE_M  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.atomic_files import name_output_flag  # noqa: E402
+from utils.cli import add_overrides_argument, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 
 
-def parse_args(argv):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True,
                         help="best.pt / last.pt of a run, a converted or a published checkpoint")
     parser.add_argument("--out", required=True, help="ONNX file to write")
-    parser.add_argument("--config", help="experiment YAML (default: the checkpoint's config)")
+    parser.add_argument("--config", help="experiment YAML (default: the config stored in the "
+                                         "checkpoint; the paper's for published files)")
     parser.add_argument("--action", help="fix the text action (a name or 'all'); "
                                          "joint_action models only")
     parser.add_argument("--flip-test", action="store_true",
                         help="bake the flip test into the graph (two passes inside)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (>= 16 for grid_sample; default {DEFAULT_OPSET})")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_args(argv)
+    add_overrides_argument(parser)
+    return parser
+
+
+def parse_args(argv):
+    return build_parser().parse_intermixed_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    name_output_flag("--out", args.out)
     if args.opset < MIN_OPSET:  # refused before the model is loaded
         raise MetaPoseError(f"--opset {args.opset} cannot express the network: grid_sample (the "
                             f"feature sampling) needs ONNX opset {MIN_OPSET} or later.")

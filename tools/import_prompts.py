@@ -23,7 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.prompts import ACTION_NAME_ORDER, load_prompts, parse_prompts  # noqa: E402
-from utils.atomic_files import atomic_write_text  # noqa: E402
+from utils.atomic_files import atomic_write_text, name_output_flag  # noqa: E402
 from utils.checkpoint import file_sha256  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
@@ -33,12 +33,16 @@ PUBLISHED_JOINT_TEMPLATE = "{joint}"
 VARIABLES = ("template", "pre_text_joint", "pre_text_part", "pre_text_action")
 
 
-def parse_args(argv):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-py", required=True,
                         help="train.py of a clone of the authors' MetaPose repository")
     parser.add_argument("--out", required=True, help="prompts file (YAML) to write")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv):
+    return build_parser().parse_args(argv)
 
 
 def read_module(path):
@@ -143,6 +147,7 @@ def published_prompts(path):
 
 def main(argv=None):
     args = parse_args(argv)
+    name_output_flag("--out", args.out)
     content = published_prompts(args.train_py)
     source = (f"imported by tools/import_prompts.py from {os.path.abspath(args.train_py)} "
               f"(sha256 {file_sha256(args.train_py)})")

@@ -4,8 +4,8 @@ Usage:
     python tools/infer.py --checkpoint FILE --input PATH --out DIR [--config FILE]
         [--keypoints JSON [--keypoint-format coco|h36m]] [--boxes JSON] [--box-padding F]
         [--detector NAME [--detector-weights default|random|FILE] [--detector-threshold T]]
-        [--hrnet FILE] [--action NAME|all] [--device cpu|cuda] [--flip-test]
-        [--smooth SIGMA] [--batch-size N] [--no-render] [key=value ...]
+        [--hrnet FILE] [--action NAME|all] [--device cpu|cuda|cuda:N] [--flip-test]
+        [--smooth SIGMA] [--batch-size N] [--no-render] [KEY=VALUE ...]
 
 Writes DIR/predictions.json: a list with one record per input frame,
     {"frame": file name (images) or 0-based index (videos), "width": W, "height": H,
@@ -34,11 +34,13 @@ from inference.media import OutputStage, VideoOut, iter_frames, open_input  # no
 from inference.smoothing import smooth_people  # noqa: E402
 from inference.user_files import (PeopleFile, box_entries, keypoint_entries,  # noqa: E402
                                   keypoint_format)
-from utils.cli import positive_int, run_cli  # noqa: E402
+from utils.atomic_files import name_output_flag  # noqa: E402
+from utils.cli import (add_device_argument, add_overrides_argument, positive_int,  # noqa: E402
+                       run_cli)
 from utils.errors import MetaPoseError  # noqa: E402
 
 
-def parse_args(argv):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__[
         __doc__.index("Writes"):], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
@@ -66,7 +68,7 @@ def parse_args(argv):
                                         "the 2D joints (default: the config's pretrained file)")
     parser.add_argument("--action", help="joint_action models: an H36M action (e.g. Walking) or "
                                          "'all' (mean of the 15 actions' text features)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device_argument(parser)
     parser.add_argument("--flip-test", action="store_true",
                         help="average with the mirrored prediction, as the evaluation does")
     parser.add_argument("--smooth", type=float, default=0.0, metavar="SIGMA",
@@ -74,9 +76,13 @@ def parse_args(argv):
                              "person's track (0 = off)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="people per pass")
     parser.add_argument("--no-render", action="store_true", help="write predictions.json only")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, dotted.key=value")
-    args = parser.parse_args(argv)
+    add_overrides_argument(parser)
+    return parser
+
+
+def parse_args(argv):
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
     if args.boxes and args.detector:
         parser.error("--boxes and --detector exclude each other")
     if not args.box_padding > 0:
@@ -172,6 +178,7 @@ def render(records, source, stage, show_progress):
 
 def main(argv=None):
     args = parse_args(argv)
+    name_output_flag("--out", args.out)
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     source = open_input(args.input)
     boxes_file = PeopleFile(args.boxes, "--boxes") if args.boxes else None

@@ -19,6 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.atomic_files import name_output_flag  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 
@@ -40,7 +41,7 @@ _positive_int = _int_at_least(1, "a positive integer")
 _seed = _int_at_least(0, "a non-negative integer")
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description="Write a synthetic H36M or MPI-INF-3DHP data set (labels and JPEG images in "
                     "the real format) for running MetaPose without the real data.")
@@ -57,11 +58,16 @@ def parse_args(argv=None):
                         help="random seed; the same arguments give identical files (default 0)")
     parser.add_argument("--full-frames", action="store_true",
                         help="write full 1000x1002 frames instead of 256x192 person crops")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    name_output_flag("--out", args.out)
     if args.dataset == "mpi_inf_3dhp":
         from datasets.synthetic_3dhp import generate_synthetic_3dhp
 

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets.labels import load_labels  # noqa: E402
 from datasets.precrop import CropJob, cut_crops  # noqa: E402
+from utils.atomic_files import name_output_flag  # noqa: E402
 from utils.cli import positive_int, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 
@@ -39,7 +40,7 @@ def _quality(text):
     return value
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description="Cut the 256x192 person crops of every labelled frame once (parallel, "
                     "resumable), so that training decodes crops instead of full frames.",
@@ -55,6 +56,11 @@ def parse_args(argv=None):
     parser.add_argument("--quality", type=_quality, default=95, help="JPEG quality (default 95)")
     parser.add_argument("--cache-dir", help="label cache folder (default: next to the pickles)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     splits = [part.strip() for part in args.splits.split(",") if part.strip()]
     unknown = [split for split in splits if split not in SPLIT_FILES]
@@ -98,6 +104,8 @@ def precrop(labels_dir, frames_dir, out_dir, splits, workers, quality, cache_dir
 
 def main(argv=None):
     args = parse_args(argv)
+    name_output_flag("--out", args.out)
+    name_output_flag("--cache-dir", args.cache_dir)
     precrop(args.labels, args.frames, args.out, args.splits, args.workers, args.quality,
             cache_dir=args.cache_dir, progress=not args.no_progress)
     return 0

@@ -62,7 +62,7 @@ from datasets.mpi_inf_3dhp_labels import (  # noqa: E402
 from datasets.mpi_inf_3dhp_raw import (  # noqa: E402
     read_calibration, read_test_annotation, read_train_annotation,
 )
-from utils.atomic_files import atomic_write_bytes, atomic_write_text  # noqa: E402
+from utils.atomic_files import atomic_write_bytes, atomic_write_text, name_output_flag  # noqa: E402
 from utils.cli import positive_int, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
 
@@ -395,7 +395,7 @@ def _subjects(text):
     return subjects
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description="Convert the raw MPI-INF-3DHP release into CA-PF's label files "
                     "(data_train_3dhp.npz, data_test_3dhp.npz) and 256x192 person crops.",
@@ -419,11 +419,16 @@ def parse_args(argv=None):
                         help="processes reading videos and writing images (default 1)")
     parser.add_argument("--quality", type=positive_int, default=95,
                         help="JPEG quality of the written images (default 95)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    name_output_flag("--out", args.out)
     prepare(args.raw, args.out, subjects=args.subjects, train=not args.no_train,
             test=not args.no_test, full_frames=args.full_frames,
             gs_calibration=args.gs_calibration, outdoor_calibration=args.outdoor_calibration,

@@ -72,7 +72,7 @@ import numpy as np  # noqa: E402
 from datasets.camera import (  # noqa: E402
     H36M_FRAME_SIZES, box_from_root, full_frame_to_crop, pixels_to_screen, project,
 )
-from utils.atomic_files import atomic_output  # noqa: E402
+from utils.atomic_files import atomic_output, name_output_flag  # noqa: E402
 from datasets.label_writer import LabelPickleWriter  # noqa: E402
 from datasets.precrop import CropJob, cut_crops  # noqa: E402
 from datasets.synthetic import image_name  # noqa: E402
@@ -626,7 +626,7 @@ def _subjects(text):
     return subjects
 
 
-def parse_args(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(
         description="Convert the raw Human3.6M release into MetaPose label pickles (docs/method.md §1.1).",
         epilog="Input layouts, skipped gaps, resuming and the action-name mapping: see the "
@@ -649,6 +649,11 @@ def parse_args(argv=None):
                         help="keep every N-th frame (default 1: all frames)")
     parser.add_argument("--subjects", type=_subjects, default=list(ALL_SUBJECTS),
                         help="comma-separated subjects (default 1,5,6,7,8,9,11)")
+    return parser
+
+
+def parse_args(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.no_cpn and args.cpn:
         parser.error("--cpn and --no-cpn exclude each other")
@@ -659,6 +664,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    name_output_flag("--out", args.out)
     raw = args.raw
     cpn = None if args.no_cpn else (args.cpn or os.path.join(raw, CPN_FILE))
     cameras = args.cameras
@@ -673,6 +679,7 @@ def main(argv=None):
     if args.crop:
         crop_dir = args.crop_dir or os.path.join(
             os.path.dirname(os.path.abspath(args.out)), "images")
+        name_output_flag("--crop-dir", crop_dir)
     prepare(raw, args.out, cameras, cpn, images, crop_dir, args.subsample, args.subjects,
             args.workers)
     return 0

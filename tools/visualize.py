@@ -1,8 +1,12 @@
 """Draws a few validation frames with a checkpoint's 3D predictions next to the ground truth.
 
 Usage:
-    python tools/visualize.py --config FILE --checkpoint FILE --out out.png [--num 4]
-        [--split validation] [--device cpu] [key=value ...]
+    python tools/visualize.py --checkpoint FILE --out out.png [--config FILE] [--num 4]
+        [--split validation] [--device cpu|cuda|cuda:N] [KEY=VALUE ...]
+
+The model and the data set come from the config stored in the checkpoint (the paper's for a
+published file) unless --config names another; KEY=VALUE overrides apply on top of either, e.g.
+data.root=/path/to/data when the data sits elsewhere than where the run was trained.
 """
 
 import argparse
@@ -16,24 +20,33 @@ import torch  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
 from utils.checkpoint import load_checkpoint, load_model_state, load_model_weights  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from inference.loading import resolve_config  # noqa: E402
+from utils.atomic_files import name_output_flag  # noqa: E402
+from utils.cli import (add_device_argument, add_overrides_argument, positive_int,  # noqa: E402
+                       resolve_device, run_cli)
 from utils.errors import MetaPoseError  # noqa: E402
 from utils.skeleton import ACTION_NAMES  # noqa: E402
 
 
-def parse_args(argv):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="experiment YAML the checkpoint was trained with")
     parser.add_argument("--checkpoint", required=True,
-                        help="engine checkpoint (dict with 'model'), a raw model state_dict, or "
-                             "a checkpoint of the published train.py")
+                        help="best.pt / last.pt of a run, a converted or a published checkpoint, "
+                             "or a raw model state_dict (then with --config)")
     parser.add_argument("--out", required=True, help="PNG file to write")
-    parser.add_argument("--num", type=int, default=4, help="frames to draw, evenly spaced over the split")
-    parser.add_argument("--split", default="validation", choices=("validation", "train"))
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("overrides", nargs="*", help="config overrides, dotted.key=value")
-    return parser.parse_args(argv)
+    parser.add_argument("--config", help="experiment YAML (default: the config stored in the "
+                                         "checkpoint; the paper's for published files)")
+    parser.add_argument("--num", type=positive_int, default=4,
+                        help="frames to draw, evenly spaced over the split (default 4)")
+    parser.add_argument("--split", default="validation", choices=("validation", "train"),
+                        help="split to draw from (default validation)")
+    add_device_argument(parser)
+    add_overrides_argument(parser)
+    return parser
+
+
+def parse_args(argv):
+    return build_parser().parse_intermixed_args(argv)
 
 
 def sample_title(sample, sequence_names=None):
@@ -51,16 +64,14 @@ def sample_title(sample, sequence_names=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.num < 1:
-        raise MetaPoseError(f"--num is {args.num}; it must be at least 1.")
-    config = load_config(args.config, args.overrides)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MetaPoseError(f"--device {args.device} was asked for but CUDA is not available; "
-                            "use --device cpu.")
+    name_output_flag("--out", args.out)
+    device = resolve_device(args.device)
 
     # Any checkpoint: this project's, a plain state dict, or the published train.py's.
-    state, info = load_model_state(load_checkpoint(args.checkpoint), args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint)
+    state, info = load_model_state(checkpoint, args.checkpoint)
+    config = resolve_config(checkpoint, info, args.checkpoint, args.config, args.overrides)
+    del checkpoint
 
     # Imported here: they are heavy, and input errors should not wait for them.
     from datasets import build_dataset

@@ -80,17 +80,44 @@ def _os_error_in(error):
     return None
 
 
+# Where the running command line asked for output, and with which flag (train.py: --logdir, the
+# tools: --out): a failed write there suggests that flag; elsewhere, another folder.
+_OUTPUT_FLAGS = {}
+
+
+def name_output_flag(flag, path):
+    """Failed writes to `path` (a file or a folder, and everything under it) will suggest
+    another `flag`: a script calls this for its output options once they are parsed."""
+    if path:
+        _OUTPUT_FLAGS[os.path.abspath(path)] = flag
+
+
+def output_flag(path):
+    """The flag registered by name_output_flag for the closest folder holding `path`, or None."""
+    path = os.path.abspath(path)
+    while True:
+        if path in _OUTPUT_FLAGS:
+            return _OUTPUT_FLAGS[path]
+        parent = os.path.dirname(path)
+        if parent == path:
+            return None
+        path = parent
+
+
 def _write_error(path, error):
     reason = error.strerror or str(error)
     kept = (f"the previous '{os.path.basename(path)}' is intact" if os.path.exists(path)
             else "nothing was overwritten")
+    flag = output_flag(path)
     if error.errno in _DISK_FULL:
+        elsewhere = f"pass {flag} on another disk" if flag else "write to another disk"
         return MetaPoseError(
             f"the disk is full: writing '{path}' failed ({reason}); {kept} and the partial file "
-            "was removed. Free some space (or use a --logdir on another disk), then run again; "
-            "a training run continues from its last checkpoint with --resume.")
+            f"was removed. Free some space (or {elsewhere}), then run again; a training run "
+            "continues from its last checkpoint with --resume.")
+    elsewhere = f"pass another {flag}" if flag else "write to another folder"
     return MetaPoseError(f"cannot write '{path}' ({reason}); {kept}. Check the permissions and "
-                         "the file system of that folder (or use another --logdir).")
+                         f"the file system of that folder (or {elsewhere}).")
 
 
 @contextlib.contextmanager

@@ -144,6 +144,12 @@ def load_model_state(checkpoint, path="checkpoint"):
     return state, CheckpointInfo(epoch=epoch if isinstance(epoch, int) else None)
 
 
+# Every script that loads weights takes --config and KEY=VALUE overrides (not all take encoder
+# flags), so the advice names those.
+_MATCHING_CONFIG = ("pass the --config it was trained with (and its KEY=VALUE overrides, e.g. "
+                    "model.image_encoder.type=hrnet_48).")
+
+
 def load_model_weights(model, state_dict, path="checkpoint", info=None):
     """Copies `state_dict` into `model` strictly, with a MetaPoseError naming the first problem.
 
@@ -165,7 +171,7 @@ def load_model_weights(model, state_dict, path="checkpoint", info=None):
                 f"{tuple(state_dict[key].shape)} in the file but {tuple(value.shape)} in the "
                 "model. "
                 "It was trained with another configuration (image/text encoder type or widths); "
-                "pass the matching --config, --image_encoder and --text_encoder.")
+                f"{_MATCHING_CONFIG}")
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     if missing or unexpected:
@@ -176,8 +182,7 @@ def load_model_weights(model, state_dict, path="checkpoint", info=None):
             parts.append(f"{len(unexpected)} key(s) in the file unknown to the model, first "
                          f"'{unexpected[0]}'")
         raise MetaPoseError(f"checkpoint '{path}' does not fit this model: {'; '.join(parts)}. "
-                            "It was saved from another model or configuration; pass the matching "
-                            "--config, --image_encoder and --text_encoder.")
+                            f"It was saved from another model or configuration; {_MATCHING_CONFIG}")
     bad = first_non_finite(state_dict)
     if bad is not None:
         raise MetaPoseError(f"checkpoint '{path}' holds non-finite weights (NaN or Inf), first in "

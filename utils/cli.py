@@ -1,4 +1,6 @@
-"""Entry-point wrapper: user-input errors become one `error: ...` line and exit status 2."""
+"""The command-line conventions every script shares: `run_cli` (user-input errors become one
+`error: ...` line and exit status 2), the trailing config overrides, the --device option, and the
+underscore spellings train.py accepts for its hyphenated flags."""
 
 import argparse
 import os
@@ -64,3 +66,94 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+# Trailing KEY=VALUE arguments: the same name, metavar and help in every script that takes them.
+OVERRIDES_METAVAR = "KEY=VALUE"
+OVERRIDES_HELP = "config overrides, e.g. train.epochs=5 (applied last, so they win)"
+
+
+def add_overrides_argument(parser):
+    """The trailing config overrides (args.overrides, a list of "dotted.key=value" strings)."""
+    parser.add_argument("overrides", nargs="*", metavar=OVERRIDES_METAVAR, help=OVERRIDES_HELP)
+
+
+# --device: one spelling, one default (None: resolve_device picks) and one help in every script.
+DEVICE_METAVAR = "{cpu,cuda,cuda:N}"
+DEVICE_HELP = "where the model runs (default: cuda when available, else cpu)"
+
+
+def device_name(text):
+    """An argparse type: "cpu", "cuda" or "cuda:N", else a message that names the value."""
+    kind, _, index = text.partition(":")
+    if text in ("cpu", "cuda") or (kind == "cuda" and index.isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+def add_device_argument(parser):
+    """--device (args.device: the name given, or None for resolve_device's default)."""
+    parser.add_argument("--device", type=device_name, default=None, metavar=DEVICE_METAVAR,
+                        help=DEVICE_HELP)
+
+
+def resolve_device(device=None):
+    """torch.device of "cpu" / "cuda" / "cuda:N" (or a device), checked to exist; None: cuda when
+    available, else cpu.
+
+    Raises:
+        MetaPoseError for a name that is not a device, or CUDA asked for but not available.
+    """
+    import torch  # here: a script's --help and its input checks need no torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise MetaPoseError(f"--device {device!r} is not a device; use cpu or cuda.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MetaPoseError(f"--device {device} was asked for but CUDA is not available here; "
+                            "use --device cpu.")
+    if device.type not in ("cpu", "cuda"):
+        raise MetaPoseError(f"--device {device} is not supported; use cpu or cuda.")
+    return device
+
+
+def underscore_aliases(parser):
+    """{"--run_name": "--run-name", ...}: the underscore spelling of each hyphenated long option
+    of `parser` that is not an option of its own."""
+    aliases = {}
+    for action in parser._actions:
+        for option in action.option_strings:
+            alias = "--" + option[2:].replace("-", "_")
+            if option.startswith("--") and alias != option \
+                    and alias not in parser._option_string_actions:
+                aliases[alias] = option
+    return aliases
+
+
+class UnderscoreAliasParser(argparse.ArgumentParser):
+    """An ArgumentParser that also takes `--run_name` for `--run-name` (and so on for every
+    hyphenated long option) without listing the underscore spelling in --help: train.py accepts
+    the commands of the published README, whose flags are spelled with underscores."""
+
+    def spell_out(self, args):
+        """`args` (default sys.argv[1:]) with --run_name, --run_name=x spelled --run-name, ...
+        (not after `--`: what follows it is positional)."""
+        args = sys.argv[1:] if args is None else list(args)
+        aliases = underscore_aliases(self)
+        spelled = []
+        for position, token in enumerate(args):
+            if token == "--":
+                return spelled + args[position:]
+            name, equals, value = token.partition("=")
+            spelled.append(aliases[name] + equals + value if name in aliases else token)
+        return spelled
+
+    # Both entry points: parse_args and parse_intermixed_args end in one of them.
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(self.spell_out(args), namespace)
+
+    def parse_known_intermixed_args(self, args=None, namespace=None):
+        return super().parse_known_intermixed_args(self.spell_out(args), namespace)

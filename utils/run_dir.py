@@ -108,7 +108,7 @@ class RunDirectory:
 
 
 def run_name(args, config, eval_checkpoint=None):
-    """The run directory's name: --run_name, else `<config stem>_<image encoder>` for training
+    """The run directory's name: --run-name, else `<config stem>_<image encoder>` for training
     and `eval_<checkpoint>_<date-time>` for --eval (an evaluation gets a folder of its own and
     never writes into the run that trained the checkpoint)."""
     if args.run_name:
@@ -186,7 +186,7 @@ def _check_reuse(paths, args):
         if held:
             raise MetaPoseError(
                 f"run directory '{paths.root}' already holds results ({', '.join(held)}); an "
-                "evaluation writes into a folder of its own. Pass another --run_name, or none "
+                "evaluation writes into a folder of its own. Pass another --run-name, or none "
                 "(then it writes to <logdir>/eval_<checkpoint>_<date-time>); nothing was "
                 "overwritten.")
     elif args.resume is None:
@@ -195,7 +195,7 @@ def _check_reuse(paths, args):
             raise MetaPoseError(
                 f"run directory '{paths.root}' already holds checkpoints "
                 f"({', '.join(existing)}) from an earlier run. Pass --resume to continue "
-                "that run, or --run_name NAME to start a new one; nothing was overwritten.")
+                "that run, or --run-name NAME to start a new one; nothing was overwritten.")
 
 
 def record_metrics(paths, record, keep_until_epoch=None):

@@ -48,7 +48,7 @@ class RunLock:
             raise MetaPoseError(
                 f"run directory '{root}' is in use by another process ({holder}), and one run "
                 "directory takes one writer. Wait for that run to end (or stop it), or pass "
-                "--run_name NAME to write elsewhere; nothing was written.") from None
+                "--run-name NAME to write elsewhere; nothing was written.") from None
         except BaseException:
             os.close(handle)
             raise

@@ -345,7 +345,7 @@ def check_resumed_data(saved, current, path, allow_change, logger):
         whether the validation set changed (then, with `allow_change`, the best score restarts:
         scores on two validation sets do not compare).
     Raises:
-        MetaPoseError when a file's contents differ, unless `allow_change` (--allow_data_change).
+        MetaPoseError when a file's contents differ, unless `allow_change` (--allow-data-change).
     """
     if not saved:
         logger.warning("'%s' records no fingerprint of its data (saved by an older version): "
@@ -365,8 +365,8 @@ def check_resumed_data(saved, current, path, allow_change, logger):
             f"the {split} label file '{now['path']}' is not the one '{path}' was trained on (its "
             f"sha256 was {str(then.get('sha256'))[:12]}... with {then.get('frames')} frames, now "
             f"{now['sha256'][:12]}... with {now['frames']}), so the run would mix results on "
-            "different data. Restore the original files, start a new run (--run_name NAME), or "
-            "pass --allow_data_change to continue anyway (a changed validation set restarts the "
+            "different data. Restore the original files, start a new run (--run-name NAME), or "
+            "pass --allow-data-change to continue anyway (a changed validation set restarts the "
             "best score).")
     return "validation" in changed
 
