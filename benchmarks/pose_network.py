@@ -27,7 +27,7 @@ if REPO not in sys.path:
 
 from models import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.metrics import mpjpe  # noqa: E402
+from utils.metrics_h36m import mpjpe  # noqa: E402
 
 PLAIN = ["speed.fast_sampling=false", "speed.sample_then_project=false"]
 RANDOM_ENCODERS = ["model.image_encoder.pretrained=null", "model.text_encoder.pretrained=null"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from utils.metric_set import metric_set_for
-from utils.metrics import ActionErrorAccumulator
+from utils.metrics_h36m import ActionErrorAccumulator
 from utils.metrics_3dhp import (AUC_THRESHOLDS_MM, PCK_JOINTS, SCENES, PoseAccuracyAccumulator,
                                 joint_errors_mm, threshold_counts)
 

@@ -1,6 +1,6 @@
 """The metric-set interface: what evaluation needs from a dataset's metrics. engine.evaluate and
 train.py use nothing else, so the loops stay dataset-agnostic; each dataset names its own set
-(H36M: utils/metrics.py, MPI-INF-3DHP: utils/metrics_3dhp.py)."""
+(H36M: utils/metrics_h36m.py, MPI-INF-3DHP: utils/metrics_3dhp.py)."""
 
 import math
 
@@ -95,6 +95,6 @@ def metric_set_for(dataset):
     factory = getattr(dataset, "metric_set", None)
     if factory is not None:
         return factory()
-    from utils.metrics import ActionErrorAccumulator
+    from utils.metrics_h36m import ActionErrorAccumulator
 
     return ActionErrorAccumulator()

@@ -1,4 +1,5 @@
-"""H36M evaluation metrics: Protocol #1 (MPJPE), Protocol #2 (P-MPJPE) and per-action averaging."""
+"""The H36M metric set: Protocol #1 (MPJPE), Protocol #2 (P-MPJPE) and per-action averaging
+(MPI-INF-3DHP has its own, utils/metrics_3dhp.py)."""
 
 import math
 
