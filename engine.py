@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from datasets.h36m import batch_flip_decision
+from datasets.flip_draws import batch_flip_decision
 from datasets.transforms import model_inputs, prepare_batch, with_batch_flip
 from models.flip_test import predict
 from utils import distributed as dist_utils

@@ -4,7 +4,7 @@ columns, images, synthetic fallback."""
 import logging
 import os
 
-from datasets.h36m import H36MDataset
+from datasets.pose_frames import PoseFrameDataset
 from datasets.labels import load_labels
 from utils.errors import MetaPoseError
 
@@ -78,7 +78,7 @@ def resolve_image_dir(data):
 
 def build_dataset(config, split, rank=0):
     """The dataset of `split` ("train" or "validation") as configured by `config.data`:
-    an H36MDataset, or an MPIINF3DHPDataset with `data.dataset: mpi_inf_3dhp` (validation = the
+    a PoseFrameDataset of H36M labels, or an MPIINF3DHPDataset with `data.dataset: mpi_inf_3dhp` (validation = the
     test sequences TS1-TS6, valid frames only).
 
     When `data.synthetic.enabled` and the label file is missing, rank 0 generates the synthetic
@@ -124,7 +124,7 @@ def build_dataset(config, split, rank=0):
         labels = load_labels(label_file, cache_dir=data.cache_dir)
         if len(labels["image"]) == 0:
             raise MetaPoseError(f"label file '{label_file}' ({split} split) has no frames.")
-        dataset = H36MDataset(labels, keypoints_2d=data.keypoints_2d, image_dir_origin=origin,
+        dataset = PoseFrameDataset(labels, keypoints_2d=data.keypoints_2d, image_dir_origin=origin,
                               **options)
     logger.info("%s split: %d frames from '%s' (%s images%s)", split, len(dataset), label_file,
                 "blank" if data.blank_images else dataset.image_mode,

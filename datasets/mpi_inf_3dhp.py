@@ -4,14 +4,14 @@ H36M ones, read from the columns of a CA-PF label file (datasets/mpi_inf_3dhp_la
 Joints are in H36M order (the 3DHP joints mapped by `MPI_TO_H36M`), so the H36M left/right pairs
 of utils/skeleton.py are the 3DHP ones and the engine's flips (training augmentation and flip
 test) apply unchanged. Invalid test frames are dropped here; the images of the remaining frames
-are read, cropped and resized by the H36M sampling code (one implementation of crops, flips and
-bad-image handling for both datasets).
+are read, cropped and resized by the base class of every dataset, datasets/pose_frames.py (one
+implementation of crops, flips and bad-image handling for all datasets).
 """
 
 import numpy as np
 import torch
 
-from datasets.h36m import H36MDataset
+from datasets.pose_frames import PoseFrameDataset
 from datasets.mpi_inf_3dhp_labels import PLACEHOLDER_ACTION, sequence_sort_key
 from utils.errors import MetaPoseError
 from utils.metrics_3dhp import PoseAccuracyAccumulator
@@ -28,10 +28,10 @@ def _sequence_ids(names_column):
     return tuple(names[i] for i in order), rank[inverse.reshape(-1)]
 
 
-class MPIINF3DHPDataset(H36MDataset):
+class MPIINF3DHPDataset(PoseFrameDataset):
     """MPI-INF-3DHP frames as model inputs and targets.
 
-    A sample is the dict of `datasets.h36m.H36MDataset` (image uint8 (3, H, W); keypoints_2d
+    A sample is the dict of `datasets.pose_frames.PoseFrameDataset` (image uint8 (3, H, W); keypoints_2d
     (17, 2) normalised screen coordinates; keypoints_2d_crop (17, 2) crop pixels; joints_3d
     (17, 3) root-relative camera-frame metres; action, subject, index, flip), where
         keypoints_2d     are the ground-truth 2D joints (3DHP labels have no detections),
@@ -50,7 +50,7 @@ class MPIINF3DHPDataset(H36MDataset):
         """
         Args:
             columns: from `datasets.mpi_inf_3dhp_labels.load_3dhp_labels`.
-            Others: as for H36MDataset. Full frames (image_mode "full", or "auto" on full frames)
+            Others: as for PoseFrameDataset. Full frames (image_mode "full", or "auto" on full frames)
                 need the person boxes that this repository's label files carry.
         """
         valid = np.asarray(columns["valid"], dtype=bool)

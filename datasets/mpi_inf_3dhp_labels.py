@@ -18,7 +18,8 @@ where a camera (and a test sequence) holds, for its T frames (image numbers 1..T
 
 Joint arrays use the 17-joint 3DHP order of `JOINT_NAMES`; the columns returned by
 `load_3dhp_labels` are in the H36M order of utils/skeleton.py (`MPI_TO_H36M`) and metres, like
-the H36M columns of datasets/labels.py, so datasets/h36m.py's sampling code serves both.
+the H36M columns of datasets/labels.py, so the base class of every dataset
+(datasets/pose_frames.py) samples them.
 """
 
 import os

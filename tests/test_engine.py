@@ -31,7 +31,7 @@ H, W = 8, 6
 
 
 class FakeDataset(torch.utils.data.Dataset):
-    """Samples shaped like H36MDataset's; `flip` drawn from (epoch, index) like the real one."""
+    """Samples shaped like PoseFrameDataset's; `flip` drawn from (epoch, index) like the real one."""
 
     def __init__(self, size, train=True):
         self.size, self.train, self.epoch = size, train, 0

@@ -1,4 +1,6 @@
-"""The H36M dataset (docs/method.md §1): one sample per frame and camera, read from the label columns."""
+"""The base class of every dataset: one sample per labelled frame (image, 2D and 3D joints in the
+H36M joint order), read from label columns (docs/method.md §1.2-1.4). Each dataset module builds
+it, or a subclass, from its own label files (datasets/registry.py)."""
 
 import logging
 import os
@@ -6,6 +8,7 @@ import os
 import numpy as np
 import torch
 
+from datasets.flip_draws import flip_decision
 from datasets.images import (crop_from_full_frame, is_crop_image, read_image, resize_image,
                              unsafe_image_path)
 from utils.errors import MetaPoseError
@@ -15,8 +18,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_MODES = ("auto", "cropped", "full")
 KEYPOINT_SOURCES = ("cpn", "gt")
-_FLIP_DOMAIN = 0x5F11B  # separates the flip stream from any other use of the same seed
-_BATCH_FLIP_DOMAIN = 0xBA7C4F11B  # the whole-batch flips of train.flip_mode=batch
 _MAX_CONSECUTIVE_BAD = 100
 
 
@@ -33,28 +34,9 @@ class _UnsafeImagePath(_ConfigurationError):
     """A label image path that would leave the image folder."""
 
 
-def flip_decision(seed, epoch, index, flip_prob, domain=_FLIP_DOMAIN):
-    """Whether sample `index` is flipped in `epoch`: a pure function of its arguments.
-
-    Every worker, process and resumed run draws the same value, whatever the loading order.
-    """
-    if flip_prob <= 0.0:
-        return False
-    entropy = [int(seed) % (1 << 63), int(epoch), int(index), int(domain)]
-    draw = np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]
-    return float(draw) / float(1 << 64) < flip_prob
-
-
-def batch_flip_decision(seed, epoch, batch_index, flip_prob, rank=0):
-    """Whether the whole `batch_index`-th batch of process `rank` flips in `epoch`
-    (train.flip_mode=batch, the published augmentation): a pure function of its arguments, so a
-    resumed run flips the same batches. Each process draws its own batches' flips."""
-    return flip_decision(seed, epoch, batch_index, flip_prob,
-                         domain=_BATCH_FLIP_DOMAIN + (int(rank) << 40))
-
-
-class H36MDataset(torch.utils.data.Dataset):
-    """H36M frames as model inputs and targets (CONTRACT "Data interfaces").
+class PoseFrameDataset(torch.utils.data.Dataset):
+    """Labelled frames as model inputs and targets (docs/method.md §1.4); the samples of every
+    dataset.
 
     A sample is a dict:
         image            uint8 (3, H, W) RGB, H, W = image_size; not normalised, not flipped
@@ -71,7 +53,9 @@ class H36MDataset(torch.utils.data.Dataset):
                  skip_bad_images=False, source="labels", image_dir_origin=None):
         """
         Args:
-            labels: columns from `datasets.labels.load_labels`.
+            labels: {column: (N, ...) array} with the columns image, center, scale, joints_3d,
+                joints_2d_<keypoints_2d>, joints_2d_<keypoints_2d>_crop, action, subject of
+                datasets/label_checks.py (e.g. from `datasets.labels.load_labels`).
             image_dir: folder the label `image` paths are relative to (must exist unless
                 blank_images).
             image_mode: "cropped" (stored 256x192 crops), "full" (full frames cropped here with
@@ -137,7 +121,7 @@ class H36MDataset(torch.utils.data.Dataset):
             raise _UnsafeImagePath(
                 f"label file '{self.source}': row {int(frame)} has the image path {relative!r}, "
                 f"which {problem}; image paths must be relative to the image folder. Re-create "
-                "the labels with tools/prepare_h36m.py.")
+                "the labels with the dataset's preparation tool (tools/prepare_*.py).")
         return os.path.join(self.image_dir, relative)
 
     def _drop_missing_images(self):
