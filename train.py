@@ -14,6 +14,7 @@ import utils.openmp_env  # noqa: F401  (before torch: OpenMP reads its settings 
 import torch
 
 import engine
+from datasets import build_dataset, build_metric_set
 from datasets.loaders import build_eval_loader, build_train_loader
 from models.loss import build_loss
 from utils import distributed as dist_utils
@@ -25,7 +26,6 @@ from utils.cpu_threads import configure_cpu_threads
 from utils.errors import MetaPoseError
 from utils.launcher_watchdog import watch_launcher
 from utils.logger import NullWriter, build_tb_writer, close_logger, setup_logger
-from utils.metric_set import metric_set_for
 from utils.run_dir import REPO_ROOT, metrics_record, open_run_dir, record_metrics
 from utils.signals import StopRequest, sigterm_raises
 from utils.training_checkpoint import (TrainState, check_resumed_data, check_training_checkpoint,
@@ -122,8 +122,6 @@ def build_model(config, context, weights_from_checkpoint=False):
 
 def build_datasets(config, context, splits):
     """Datasets of `splits`, built on rank 0 first (it may generate the synthetic set)."""
-    from datasets import build_dataset
-
     return dist_utils.main_first(
         lambda: [build_dataset(config, split, context.rank) for split in splits])
 
@@ -179,7 +177,7 @@ class Training:
             train_set, config.train.batch_size, workers, config.seed, context, speed.pin_memory)
         self.val_loader = build_eval_loader(
             val_set, config.eval.batch_size, workers, context, speed.pin_memory)
-        self.metric_set = metric_set_for(val_set)
+        self.metric_set = build_metric_set(config, val_set)
         self.model = build_model(config, context, weights_from_checkpoint=start_path is not None)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
@@ -377,7 +375,7 @@ class Evaluation:
         workers = config.data.num_workers if workers is None else workers
         self.loader = build_eval_loader(val_set, config.eval.batch_size, workers, context,
                                         config.speed.pin_memory)
-        self.metric_set = metric_set_for(val_set)
+        self.metric_set = build_metric_set(config, val_set)
         self.model = build_model(config, context, weights_from_checkpoint=True)
         load_weights(self.model, checkpoint, self.path, config, logger, converted)
         self.record = {"checkpoint": {"path": os.path.abspath(self.path),

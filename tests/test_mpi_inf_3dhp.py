@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import build_dataset
+from datasets import build_dataset, mpi_inf_3dhp
 from datasets.mpi_inf_3dhp import MPIINF3DHPDataset
 from datasets.mpi_inf_3dhp_labels import (JOINT_NAMES, MPI_TO_H36M, PLACEHOLDER_ACTION,
                                           TEST_FRAME_SIZES, load_3dhp_labels, read_label_file,
@@ -228,7 +228,7 @@ def test_samples_follow_the_h36m_conventions(synthetic_3dhp):
         if index == 0:  # the pelvis is in the middle of its crop
             assert abs(float(sample["keypoints_2d_crop"][0, 0]) - 95.5) < 1e-3
     assert counts.sum() == VALID_FRAMES and (counts > 0).all()
-    assert isinstance(dataset.metric_set(), PoseAccuracyAccumulator)
+    assert isinstance(mpi_inf_3dhp.metric_set(dataset), PoseAccuracyAccumulator)
 
 
 def test_crops_show_each_side_where_its_labels_are(synthetic_3dhp):
@@ -273,7 +273,7 @@ def test_make_synthetic_command_line(tmp_path):
                              "--dataset", "mpi_inf_3dhp", "--out", str(tmp_path), "--train-frames",
                              "3", "--val-frames", "2", "--full-frames"], capture_output=True,
                             text=True, timeout=300)
-    assert result.returncode == 2 and "--full-frames is for --dataset h36m" in result.stderr
+    assert result.returncode == 2 and "written as 256x192 crops only" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------

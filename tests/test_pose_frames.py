@@ -263,8 +263,9 @@ def test_build_dataset_missing_empty_and_synthetic(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_generate(out_dir, train_frames, val_frames, seed, full_frames=False):
-        calls.append((out_dir, train_frames, val_frames, seed, full_frames))
+    def fake_generate(out_dir, train_frames, val_frames, seed, full_frames=False, verbose=True,
+                      train_file="h36m_train.pkl", val_file="h36m_validation.pkl"):
+        calls.append((out_dir, train_frames, val_frames, seed, full_frames, train_file, val_file))
         tiny_h36m.write_dataset(out_dir, train_frames, val_frames, full_frames=full_frames)
 
     fake = types.ModuleType("datasets.synthetic")
@@ -277,7 +278,8 @@ def test_build_dataset_missing_empty_and_synthetic(tmp_path, monkeypatch):
         build_dataset(config, "validation", rank=1)
     assert not calls
     dataset = build_dataset(config, "validation", rank=0)
-    assert len(dataset) == 3 and calls == [(str(tmp_path / "gen"), 4, 3, 5, False)]
+    assert len(dataset) == 3 and calls == [(str(tmp_path / "gen"), 4, 3, 5, False,
+                                             "h36m_train.pkl", "h36m_validation.pkl")]
     assert len(build_dataset(config, "train", rank=1)) == 4 and len(calls) == 1
 
     tiny_h36m.write_pickle(str(tmp_path / "empty" / "h36m_validation.pkl"), [])
@@ -332,7 +334,8 @@ def test_image_paths_are_confined_to_the_image_folder(tiny_h36m_dir):
             dataset[row]
     for skip in (False, True):  # not an unreadable image: never skipped silently
         with pytest.raises(MetaPoseError, match="row 0 .* relative to the image folder"):
-            PoseFrameDataset(labels, str(tiny_h36m_dir / "images"), skip_bad_images=skip, train=True)
+            PoseFrameDataset(labels, str(tiny_h36m_dir / "images"), skip_bad_images=skip,
+                             train=True)
 
 
 def _read_in_thread(path):

@@ -197,7 +197,8 @@ def test_loader_reads_the_output(crops):
     entries = _entries(out, "validation")
     np.testing.assert_allclose(labels["joints_3d"], np.stack([e["joints_3d"] for e in entries]),
                                atol=1e-6)
-    dataset = pose_frames.PoseFrameDataset(labels, os.path.join(out, "images"), image_size=(256, 192))
+    dataset = pose_frames.PoseFrameDataset(labels, os.path.join(out, "images"),
+                                           image_size=(256, 192))
     assert dataset.image_mode == "cropped" and len(dataset) == VAL
     sample = dataset[3]
     assert tuple(sample["image"].shape) == (3, 256, 192)

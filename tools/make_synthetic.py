@@ -6,7 +6,8 @@
     python tools/make_synthetic.py --dataset mpi_inf_3dhp --out data/synthetic_3dhp \
         --train-frames 2000 --val-frames 500 --seed 0
 
-H36M (the default, datasets/synthetic.py) writes OUT/h36m_train.pkl, OUT/h36m_validation.pkl and
+--dataset is any dataset of datasets/registry.py; its module writes the set. H36M (the default,
+datasets/synthetic.py) writes OUT/h36m_train.pkl, OUT/h36m_validation.pkl and
 OUT/images/<sequence>/<sequence>_<frame>.jpg in the format of the real data (docs/method.md §1.1).
 MPI-INF-3DHP (datasets/synthetic_3dhp.py) writes OUT/data_train_3dhp.npz, OUT/data_test_3dhp.npz
 (CA-PF's layout, docs/method.md §6; --val-frames counts valid test frames) and 256x192 crops under
@@ -19,8 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets.registry import DATASET_MODULES, dataset_module  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
-from utils.errors import MetaPoseError  # noqa: E402
 
 
 def _int_at_least(minimum, what):
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Write a synthetic H36M or MPI-INF-3DHP data set (labels and JPEG images in "
                     "the real format) for running MetaPose without the real data.")
-    parser.add_argument("--dataset", choices=("h36m", "mpi_inf_3dhp"), default="h36m",
+    parser.add_argument("--dataset", choices=DATASET_MODULES.keys(), default="h36m",
                         help="which data set to imitate (default h36m)")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--train-frames", type=_positive_int, default=2000,
@@ -62,18 +63,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.dataset == "mpi_inf_3dhp":
-        from datasets.synthetic_3dhp import generate_synthetic_3dhp
-
-        if args.full_frames:
-            raise MetaPoseError("--full-frames is for --dataset h36m: the synthetic "
-                                "MPI-INF-3DHP set is written as 256x192 crops (CA-PF's layout).")
-        generate_synthetic_3dhp(args.out, args.train_frames, args.val_frames, args.seed)
-        return 0
-    from datasets.synthetic import generate_synthetic
-
-    generate_synthetic(args.out, args.train_frames, args.val_frames, args.seed,
-                       full_frames=args.full_frames)
+    dataset_module(args.dataset).write_synthetic(args.out, args.train_frames, args.val_frames,
+                                                 args.seed, full_frames=args.full_frames)
     return 0
 
 
