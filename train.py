@@ -29,8 +29,7 @@ from utils.logger import NullWriter, build_tb_writer, close_logger, setup_logger
 from utils.run_dir import REPO_ROOT, metrics_record, open_run_dir, record_metrics
 from utils.signals import StopRequest, sigterm_raises
 from utils.training_checkpoint import (TrainState, check_resumed_data, check_training_checkpoint,
-                                       find_resume_checkpoint, load_weights,
-                                       repair_best_checkpoint, resume_training,
+                                       find_resume_checkpoint, load_weights, resume_training,
                                        save_training_checkpoint, score_text)
 
 # File names of the published weights; --image_encoder/--text_encoder switch between them.
@@ -229,9 +228,7 @@ class Training:
             if applied:
                 self.notes.append(f"resumed from '{path}' after epoch {state.epoch}, with "
                                   f"changed {', '.join(applied)} from epoch {state.epoch + 1} on")
-            if dist_utils.is_main():
-                repair_best_checkpoint(self.paths, state, path, self.logger, self.metric_set)
-                # Evaluations the checkpoint does not account for are run again.
+            if dist_utils.is_main():  # evaluations the checkpoint does not account for run again
                 record_metrics(self.paths, None,
                                keep_until_epoch=state.epoch - int(state.eval_pending))
             return state

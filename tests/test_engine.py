@@ -369,11 +369,11 @@ def test_evaluate_abandons_on_stop():
 
 def test_checkpoint_round_trip_is_atomic(tmp_path):
     path = str(tmp_path / "ckpt" / "last.pt")
-    state = {"model": FakeModel().state_dict(), "epoch": 3, "best_p1": float("inf"),
+    state = {"model": FakeModel().state_dict(), "epoch": 3, "best_score": 41.3,
              "rng": dist_utils.get_rng_state(), "config": {"train": {"lr": 0.1}}}
     save_checkpoint(state, path)
     loaded = load_checkpoint(path)
-    assert loaded["epoch"] == 3 and loaded["best_p1"] == float("inf")
+    assert loaded["epoch"] == 3 and loaded["best_score"] == 41.3
     assert torch.equal(loaded["model"]["linear.weight"], state["model"]["linear.weight"])
     assert os.listdir(tmp_path / "ckpt") == ["last.pt"]  # no temporary file left behind
     atomic_copy(path, str(tmp_path / "ckpt" / "best.pt"))

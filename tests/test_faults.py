@@ -55,6 +55,11 @@ def read(path):
         return handle.read()
 
 
+def read_bytes(path):
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
 def metrics(run_dir):
     return [json.loads(line) for line in read(os.path.join(run_dir, "metrics.jsonl")).splitlines()]
 
@@ -166,9 +171,10 @@ def test_best_checkpoint_and_records_survive_a_kill_at_every_write(space, point)
     assert temporaries(run_dir) == []
 
 
-def as_older_version(path):
-    """Rewrites the training checkpoint `path` as earlier development versions wrote
-    it: the best score under 'best_p1', no 'best_epoch' (nor the other later fields)."""
+def as_development_version(path):
+    """Rewrites the training checkpoint `path` as development versions before the metric sets
+    wrote it: the best score under 'best_p1', and no 'best_epoch', 'bad_steps_in_a_row' nor
+    'data'."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["best_p1"] = checkpoint.pop("best_score")
     for name in ("best_epoch", "bad_steps_in_a_row", "data"):
@@ -176,50 +182,56 @@ def as_older_version(path):
     torch.save(checkpoint, path)
 
 
-@pytest.mark.parametrize("written_by", ["this version", "an older version"])
-def test_resume_repairs_best_left_behind_by_the_old_write_order(space, written_by):
-    """Older versions wrote last.pt (recording the new best) before copying it to best.pt; a
-    kill in between left best.pt at epoch 1. --resume restores it from last.pt. A last.pt of an
-    older version records no best epoch: it is found in metrics.jsonl by the metric set's score
-    (P1 here) equal to the checkpoint's best_p1."""
-    name = "old_order" if written_by == "this version" else "old_order_old_file"
-    run_dir = space.copy_run("two", name)
-    shutil.copyfile(os.path.join(space.run_dir("one"), "checkpoints", "best.pt"),
-                    os.path.join(run_dir, "checkpoints", "best.pt"))
-    if written_by == "an older version":
-        as_older_version(os.path.join(run_dir, "checkpoints", "last.pt"))
+def test_resuming_a_checkpoint_of_a_development_version_is_one_clear_error(space):
+    """A file no released version wrote is refused with one `error:` paragraph (no traceback)
+    that names the missing field and how to go on from its weights; the checkpoints and
+    metrics.jsonl are left as they are."""
+    name = "development_version"
+    run_dir = space.copy_run("one", name)
+    last = os.path.join(run_dir, "checkpoints", "last.pt")
+    as_development_version(last)
+    kept = [os.path.join(run_dir, "metrics.jsonl")] + glob.glob(
+        os.path.join(run_dir, "checkpoints", "*"))
+    before = {path: (os.path.getmtime(path), read_bytes(path)) for path in kept}
     output = os.path.join(space.root, name + ".txt")
-    assert run_train_in_fork(space.args(name, "--resume", "train.epochs=2"), output=output) == 0, \
-        read(output)[-3000:]
-    assert "restored it from" in read(output)
-    best_score = load(space.run_dir("two"), "best.pt")["best_score"]
-    assert f"(epoch 2, P1 {best_score:.2f})" in read(output)
-    best = load(run_dir, "best.pt")
-    assert best["epoch"] == 2
-    assert same_weights(best["model"], load(space.run_dir("two"), "best.pt")["model"])
+    assert run_train_in_fork(space.args(name, "--resume", "train.epochs=2"), output=output) == 2
+    text = read(output)
+    assert "Traceback" not in text
+    error = text.strip().splitlines()[-1]
+    assert error.startswith(f"error: '{last}' cannot be resumed by this version of MetaPose "
+                            "(it is damaged or was written by another version): its field "
+                            "'best_score' (")
+    assert "--checkpoint FILE" in error
+    assert {path: (os.path.getmtime(path), read_bytes(path)) for path in kept} == before
+    assert sorted(glob.glob(os.path.join(run_dir, "checkpoints", "*"))) == sorted(kept[1:])
 
 
 @pytest.mark.parametrize("field, value, accepted", [
     ("best_score", None, True), ("best_score", 41.3, True), ("best_score", float("nan"), False),
     ("best_score", float("inf"), False), ("best_score", "41.3", False),
-    ("best_p1", float("inf"), True), ("best_p1", 41.3, True), ("best_p1", float("nan"), False),
+    ("best_epoch", None, True), ("best_epoch", 1, True), ("best_epoch", 0, False),
+    ("bad_steps_in_a_row", 0, True), ("bad_steps_in_a_row", -1, False),
+    ("data", {}, True), ("data", [], False),
 ])
-def test_best_score_field_is_checked_under_its_current_and_its_older_name(space, field, value,
-                                                                         accepted):
-    """best_score: a finite number, or None before any evaluation; files of older versions hold
-    best_p1 instead (inf before any evaluation). A bad value is named with its field."""
+def test_checkpoint_fields_are_checked(space, field, value, accepted):
+    """Every field a training checkpoint holds is there with a value of its kind (best_score: a
+    finite number, or None before any evaluation); a bad or missing one is named."""
     from utils.training_checkpoint import check_training_checkpoint
 
     checkpoint = load(space.run_dir("one"), "last.pt")
-    del checkpoint["best_score"]
     checkpoint[field] = value
+    prefix = ("'x.pt' cannot be resumed by this version of MetaPose (it is damaged or was "
+              f"written by another version): its field '{field}' ")
     if accepted:
         check_training_checkpoint(checkpoint, "x.pt")
+        del checkpoint[field]
+        with pytest.raises(MetaPoseError) as error:
+            check_training_checkpoint(checkpoint, "x.pt")
+        assert str(error.value).startswith(prefix + "(") and "is missing" in str(error.value)
         return
     with pytest.raises(MetaPoseError) as error:
         check_training_checkpoint(checkpoint, "x.pt")
-    assert str(error.value).startswith(f"'x.pt' is a damaged training checkpoint: its field "
-                                       f"'{field}' is ")
+    assert str(error.value).startswith(prefix + "is ")
 
 
 # ---------------------------------------------------------------------------------------------
