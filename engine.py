@@ -232,7 +232,7 @@ def evaluate(model, loader, device, *, metrics, flip_test=True, amp="none",
                 visual.append({"image": batch["image"][i],
                                "keypoints_crop": batch["keypoints_2d_crop"][i],
                                "pred_3d": pred[i].cpu(), "gt_3d": batch["joints_3d"][i],
-                               "title": metrics.describe(batch, i)})
+                               "title": metrics.sample_title(batch, i)})
     state = metrics.state()
     flags = torch.tensor([float(non_finite), float(abandoned)], dtype=state.dtype)
     flat = dist_utils.all_reduce_sum(torch.cat([state.flatten(), flags]))

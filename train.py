@@ -105,15 +105,16 @@ def resolve_config(args):
 # Building
 
 
-def build_model(config, context, weights_from_checkpoint=False):
-    """The model on the device, initialised identically on every rank (seeded with config.seed).
-    weights_from_checkpoint: every weight comes from a checkpoint next, so the pretrained HRNet
-    and CLIP files are not read (they need not exist)."""
-    from models import build_model as build_metapose
+def build_model_on_device(config, context, weights_from_checkpoint=False):
+    """models.build_model on the run's device with the speed options applied, initialised
+    identically on every rank (seeded with config.seed). weights_from_checkpoint: every weight
+    comes from a checkpoint next, so the pretrained HRNet and CLIP files are not read (they need
+    not exist)."""
+    from models import build_model
     from models.speed import prepare_model_for_speed
 
     dist_utils.seed_everything(config.seed)
-    model = build_metapose(config, weights_from_checkpoint=weights_from_checkpoint)
+    model = build_model(config, weights_from_checkpoint=weights_from_checkpoint)
     model = prepare_model_for_speed(model.to(context.device), config, context.device)
     dist_utils.seed_everything(config.seed + context.rank)
     return model
@@ -177,7 +178,8 @@ class Training:
         self.val_loader = build_eval_loader(
             val_set, config.eval.batch_size, workers, context, speed.pin_memory)
         self.metric_set = build_metric_set(config, val_set)
-        self.model = build_model(config, context, weights_from_checkpoint=start_path is not None)
+        self.model = build_model_on_device(config, context,
+                                           weights_from_checkpoint=start_path is not None)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer,
@@ -373,7 +375,7 @@ class Evaluation:
         self.loader = build_eval_loader(val_set, config.eval.batch_size, workers, context,
                                         config.speed.pin_memory)
         self.metric_set = build_metric_set(config, val_set)
-        self.model = build_model(config, context, weights_from_checkpoint=True)
+        self.model = build_model_on_device(config, context, weights_from_checkpoint=True)
         load_weights(self.model, checkpoint, self.path, config, logger, converted)
         self.record = {"checkpoint": {"path": os.path.abspath(self.path),
                                       "sha256": file_sha256(self.path) if context.is_main

@@ -54,5 +54,5 @@ class SubjectErrors(MetricSet):
     def headline(self, summary):
         return f"MPJPE {summary['mpjpe']:.2f} mm ({summary['frames']} frames)"
 
-    def describe(self, batch, position):
+    def sample_title(self, batch, position):
         return f"frame {int(batch['index'][position])} (S{int(batch['subject'][position])})"

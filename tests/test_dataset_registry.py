@@ -88,7 +88,7 @@ def test_every_registered_dataset_is_synthesised_built_and_scored(name, tmp_path
     json.dumps(metrics.record(worse))
     assert metrics.format_table(worse) and metrics.headline(worse)
     assert all(isinstance(value, float) for value in metrics.scalars(worse).values())
-    assert metrics.describe(batches[0], 1).startswith(f"frame {int(batches[0]['index'][1])}")
+    assert metrics.sample_title(batches[0], 1).startswith(f"frame {int(batches[0]['index'][1])}")
 
 
 @pytest.mark.parametrize("name", dataset_names())

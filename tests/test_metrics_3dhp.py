@@ -201,5 +201,5 @@ def test_presentation_and_the_score():
     assert metrics.score_key == "mpjpe" and metrics.lower_is_better
     assert metrics.is_better(30.0, None) and metrics.is_better(30.0, 31.0)
     assert not metrics.is_better(32.0, 31.0) and not metrics.is_better(float("nan"), 31.0)
-    assert metrics.describe({"sequence": torch.tensor([4]), "index": torch.tensor([7])}, 0) == \
+    assert metrics.sample_title({"sequence": torch.tensor([4]), "index": torch.tensor([7])}, 0) == \
         "frame 7 (TS5)"

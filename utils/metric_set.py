@@ -54,7 +54,7 @@ class MetricSet:
         """One line with the main figures of `summary`."""
         raise NotImplementedError
 
-    def describe(self, batch, position):
+    def sample_title(self, batch, position):
         """Title of sample `position` of `batch` in the figures drawn at evaluation."""
         return f"frame {int(batch['index'][position])}"
 

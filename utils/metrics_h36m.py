@@ -173,7 +173,7 @@ class ActionErrorAccumulator(MetricSet):
         return (f"P1 {summary['p1']:.2f} mm  P2 {summary['p2']:.2f} mm  "
                 f"({summary['frames']} frames)")
 
-    def describe(self, batch, position):
+    def sample_title(self, batch, position):
         action = int(batch["action"][position])
         return f"frame {int(batch['index'][position])} ({ACTION_NAMES.get(action, action)})"
 
