@@ -4,7 +4,8 @@ and tests/data/h36m_by_subject.yaml it is everything a new dataset needs (datase
 
 import numpy as np
 
-from datasets.labels import TRAIN_FILE, VAL_FILE, load_labels
+from datasets.h36m import write_synthetic  # noqa: F401  (its synthetic set is the H36M one)
+from datasets.labels import load_labels
 from datasets.pose_frames import PoseFrameDataset
 from tests.metrics_by_subject import SubjectErrors
 from utils.errors import MetaPoseError
@@ -19,15 +20,6 @@ def check_settings(config):
         raise MetaPoseError(f"data.keypoints_2d is {config.data.keypoints_2d!r}, but the "
                             "H36M-by-subject set is scored on ground-truth 2D joints. Set "
                             "data.keypoints_2d=gt.")
-
-
-def write_synthetic(out_dir, train_frames, val_frames, seed, *, full_frames=False,
-                    train_file=None, val_file=None, verbose=True):
-    from datasets.synthetic import generate_synthetic
-
-    return generate_synthetic(out_dir, train_frames, val_frames, seed, full_frames=full_frames,
-                              verbose=verbose, train_file=train_file or TRAIN_FILE,
-                              val_file=val_file or VAL_FILE)
 
 
 def build(config, split, label_file, frame_options):
