@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
-from datasets.h36m import batch_flip_decision
+from datasets.flip_draws import batch_flip_decision
 from datasets.transforms import model_inputs, prepare_batch, with_batch_flip
 from models.flip_test import predict
 from utils import distributed as dist_utils
 from utils.checkpoint import first_non_finite
 from utils.errors import MetaPoseError
 from utils.logger import get_logger
-from utils.metric_set import metric_set_for
 from utils.precision import autocast_context
 
 
@@ -196,15 +195,15 @@ def add_loss_scalars(writer, section, terms, global_step):
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, *, metrics=None, flip_test=True, amp="none",
+def evaluate(model, loader, device, *, metrics, flip_test=True, amp="none",
              channels_last=False, num_visualize=0, writer=None, global_step=0, stop=None):
     """The dataset's metrics over this process's shard, summed over all processes.
 
     Args:
         model: the unwrapped model (no DDP: shards differ in length, so no per-batch collectives).
         loader: evaluation DataLoader over a ShardSampler.
-        metrics: the MetricSet (utils/metric_set.py) to fill, reset first; None = the dataset's
-            own, `metric_set_for(loader.dataset)`.
+        metrics: the dataset's MetricSet (utils/metric_set.py, from datasets.build_metric_set)
+            to fill, reset first.
         flip_test: average with the mirrored prediction of the mirrored input.
         num_visualize: frames of rank 0's shard drawn into `writer` as figures.
         stop: StopRequest; a signal abandons the pass (all processes agree at the end).
@@ -216,9 +215,7 @@ def evaluate(model, loader, device, *, metrics=None, flip_test=True, amp="none",
         MetaPoseError on every process when the model predicted NaN/Inf for any frame.
     """
     model.eval()
-    accumulator = metric_set_for(getattr(loader, "dataset", None)) if metrics is None \
-        else metrics
-    accumulator.reset()
+    metrics.reset()
     visual = []
     start = time.perf_counter()
     abandoned, non_finite = False, 0
@@ -229,24 +226,24 @@ def evaluate(model, loader, device, *, metrics=None, flip_test=True, amp="none",
         inputs = prepare_batch(batch, device, channels_last)
         pred = predict(model, inputs, flip_test, amp)
         non_finite += int((~torch.isfinite(pred).flatten(1).all(dim=1)).sum())
-        accumulator.update_batch(pred.cpu(), inputs["joints_3d"].cpu(), batch)
+        metrics.update_batch(pred.cpu(), inputs["joints_3d"].cpu(), batch)
         if dist_utils.is_main() and len(visual) < num_visualize:
             for i in range(min(num_visualize - len(visual), pred.shape[0])):
                 visual.append({"image": batch["image"][i],
                                "keypoints_crop": batch["keypoints_2d_crop"][i],
                                "pred_3d": pred[i].cpu(), "gt_3d": batch["joints_3d"][i],
-                               "title": accumulator.describe(batch, i)})
-    state = accumulator.state()
+                               "title": metrics.sample_title(batch, i)})
+    state = metrics.state()
     flags = torch.tensor([float(non_finite), float(abandoned)], dtype=state.dtype)
     flat = dist_utils.all_reduce_sum(torch.cat([state.flatten(), flags]))
     if float(flat[-1]) > 0:
         return None
-    accumulator.load_state(flat[:-2].view_as(state))
-    summary = accumulator.summary()
+    metrics.load_state(flat[:-2].view_as(state))
+    summary = metrics.summary()
     if float(flat[-2]) > 0:
         raise _non_finite_predictions(model, int(flat[-2]), summary["frames"],
                                       amp if device.type == "cuda" else "none",
-                                      accumulator.score_label)
+                                      metrics.score_label)
     summary["samples_per_s"] = summary["frames"] / max(time.perf_counter() - start, 1e-9)
     if writer and visual:
         _draw_figures(writer, visual, global_step)

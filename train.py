@@ -17,6 +17,7 @@ import utils.openmp_env  # noqa: F401  (before torch: OpenMP reads its settings 
 import torch
 
 import engine
+from datasets import build_dataset, build_metric_set
 from datasets.loaders import build_eval_loader, build_train_loader
 from models.loss import build_loss
 from utils import distributed as dist_utils
@@ -28,12 +29,10 @@ from utils.cpu_threads import configure_cpu_threads
 from utils.errors import MetaPoseError
 from utils.launcher_watchdog import watch_launcher
 from utils.logger import NullWriter, build_tb_writer, close_logger, setup_logger
-from utils.metric_set import metric_set_for
 from utils.run_dir import REPO_ROOT, metrics_record, open_run_dir, record_metrics
 from utils.signals import StopRequest, sigterm_raises
 from utils.training_checkpoint import (TrainState, check_resumed_data, check_training_checkpoint,
-                                       find_resume_checkpoint, load_weights,
-                                       repair_best_checkpoint, resume_training,
+                                       find_resume_checkpoint, load_weights, resume_training,
                                        save_training_checkpoint, score_text)
 
 # File names of the published weights; --image-encoder/--text-encoder switch between them.
@@ -116,15 +115,16 @@ def resolve_config(args):
 # Building
 
 
-def build_model(config, context, weights_from_checkpoint=False):
-    """The model on the device, initialised identically on every rank (seeded with config.seed).
-    weights_from_checkpoint: every weight comes from a checkpoint next, so the pretrained HRNet
-    and CLIP files are not read (they need not exist)."""
-    from models import build_model as build_metapose
+def build_model_on_device(config, context, weights_from_checkpoint=False):
+    """models.build_model on the run's device with the speed options applied, initialised
+    identically on every rank (seeded with config.seed). weights_from_checkpoint: every weight
+    comes from a checkpoint next, so the pretrained HRNet and CLIP files are not read (they need
+    not exist)."""
+    from models import build_model
     from models.speed import prepare_model_for_speed
 
     dist_utils.seed_everything(config.seed)
-    model = build_metapose(config, weights_from_checkpoint=weights_from_checkpoint)
+    model = build_model(config, weights_from_checkpoint=weights_from_checkpoint)
     model = prepare_model_for_speed(model.to(context.device), config, context.device)
     dist_utils.seed_everything(config.seed + context.rank)
     return model
@@ -132,8 +132,6 @@ def build_model(config, context, weights_from_checkpoint=False):
 
 def build_datasets(config, context, splits):
     """Datasets of `splits`, built on rank 0 first (it may generate the synthetic set)."""
-    from datasets import build_dataset
-
     return dist_utils.main_first(
         lambda: [build_dataset(config, split, context.rank) for split in splits])
 
@@ -188,8 +186,9 @@ class Training:
         self.train_loader = build_train_loader(
             train_set, config.train.batch_size, workers, config.seed, context)
         self.val_loader = build_eval_loader(val_set, config.eval.batch_size, workers, context)
-        self.metric_set = metric_set_for(val_set)
-        self.model = build_model(config, context, weights_from_checkpoint=start_path is not None)
+        self.metric_set = build_metric_set(config, val_set)
+        self.model = build_model_on_device(config, context,
+                                           weights_from_checkpoint=start_path is not None)
         self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer,
@@ -240,9 +239,7 @@ class Training:
             if applied:
                 self.notes.append(f"resumed from '{path}' after epoch {state.epoch}, with "
                                   f"changed {', '.join(applied)} from epoch {state.epoch + 1} on")
-            if dist_utils.is_main():
-                repair_best_checkpoint(self.paths, state, path, self.logger, self.metric_set)
-                # Evaluations the checkpoint does not account for are run again.
+            if dist_utils.is_main():  # evaluations the checkpoint does not account for run again
                 record_metrics(self.paths, None,
                                keep_until_epoch=state.epoch - int(state.eval_pending))
             return state
@@ -385,8 +382,8 @@ class Evaluation:
         (val_set,) = build_datasets(config, context, ("validation",))
         workers = config.data.num_workers if workers is None else workers
         self.loader = build_eval_loader(val_set, config.eval.batch_size, workers, context)
-        self.metric_set = metric_set_for(val_set)
-        self.model = build_model(config, context, weights_from_checkpoint=True)
+        self.metric_set = build_metric_set(config, val_set)
+        self.model = build_model_on_device(config, context, weights_from_checkpoint=True)
         load_weights(self.model, checkpoint, self.path, config, logger, converted)
         self.record = {"checkpoint": {"path": os.path.abspath(self.path),
                                       "sha256": file_sha256(self.path) if context.is_main

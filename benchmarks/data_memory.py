@@ -1,7 +1,7 @@
 """DataLoader worker memory with the columnar label cache versus a list of dicts (docs/method.md §1.1).
 
 Writes a synthetic label pickle of --frames entries, then iterates a DataLoader with --workers
-workers over (a) H36MDataset on the memory-mapped columns and (b) a naive dataset holding the
+workers over (a) PoseFrameDataset on the memory-mapped columns and (b) a naive dataset holding the
 unpickled list of dicts, and prints each worker's RSS / USS / PSS and private dirty memory (MB)
 after the first batch and at the end. Images are blank so only the labels are measured.
 
@@ -22,7 +22,7 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.label_conversion import write_tool_layout  # noqa: E402
-from datasets.h36m import H36MDataset  # noqa: E402
+from datasets.pose_frames import PoseFrameDataset  # noqa: E402
 from datasets.label_cache import RACY_SECONDS  # noqa: E402
 from datasets.labels import _return_freed_memory, load_labels  # noqa: E402
 from utils.cli import positive_int, run_cli  # noqa: E402
@@ -122,7 +122,7 @@ def main(argv=None):
         print(f"pickle {os.path.getsize(path) / 1e6:.1f} MB; first load {first:.2f} s, cached "
               f"load {cached * 1e3:.1f} ms; cache {size / 1e6:.1f} MB")
         print(f"main process RSS after loading {psutil.Process().memory_info().rss / 2**20:.0f} MB")
-        dataset = H36MDataset(labels, os.path.join(folder, "images"), image_size=(8, 6),
+        dataset = PoseFrameDataset(labels, os.path.join(folder, "images"), image_size=(8, 6),
                               blank_images=True, train=True)
         _measure("columnar (memory-mapped)", dataset, args.workers, args.batch_size)
         if not args.skip_baseline:

@@ -7,8 +7,8 @@ and prints the time and the peak resident memory of each, plus the RSS the proce
 the conversion (what forked DataLoader workers would inherit).
 
 Two pickle layouts:
-    single   one pickle.dump of the whole list (protocol 4), like CA-PF's preparation script
-             and the earlier tools/prepare_h36m.py; the worst case for the unpickler's memo.
+    single   one pickle.dump of the whole list (protocol 4), like CA-PF's preparation script;
+             the worst case for the unpickler's memo.
              Written without ever holding the list (entries are pickled one by one against a
              memo seeded with the objects every entry shares, which is what a single dump does).
     tool     what tools/prepare_h36m.py writes now (datasets/label_writer.py: entries written

@@ -32,7 +32,7 @@ from models.reference_paths import reference_paths  # noqa: E402
 from utils.cli import (add_device_argument, add_overrides_argument, positive_int,  # noqa: E402
                        resolve_device, run_cli)
 from utils.config import load_config  # noqa: E402
-from utils.metrics import mpjpe  # noqa: E402
+from utils.metrics_h36m import mpjpe  # noqa: E402
 
 RANDOM_ENCODERS = ["model.image_encoder.pretrained=null", "model.text_encoder.pretrained=null"]
 

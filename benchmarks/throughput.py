@@ -58,6 +58,7 @@ from utils.cli import (add_device_argument, add_overrides_argument, positive_int
                        resolve_device, run_cli)
 from utils.config import CHOICES, load_config  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
+from utils.metrics_h36m import ActionErrorAccumulator  # noqa: E402
 from utils.run_dir import git_commit, has_uncommitted_changes  # noqa: E402
 from utils.skeleton import ACTION_IDS, CROP_HEIGHT, CROP_WIDTH, NUM_JOINTS  # noqa: E402
 
@@ -284,8 +285,9 @@ def _measure_built(model, optimizer, config, device, batch, steps, warmup, plain
                                0, settings, scaler=scaler)
 
     def evaluate(count):
-        engine.evaluate(model, RepeatedBatches(eval_host, count), device, flip_test=True,
-                        amp=settings.amp, channels_last=channels_last)
+        engine.evaluate(model, RepeatedBatches(eval_host, count), device,
+                        metrics=ActionErrorAccumulator(), flip_test=True, amp=settings.amp,
+                        channels_last=channels_last)
 
     images = []  # prepared after the training phase, so they do not count in its peak memory
 

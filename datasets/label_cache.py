@@ -33,7 +33,7 @@ from datasets.label_checks import COLUMN_SPECS, COLUMNS
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when the layout changes; older caches are then rebuilt
+CACHE_VERSION = 2  # bump when the layout changes: caches of another version are then rebuilt
 RACY_SECONDS = 3.0
 _READ_CHUNK = 8 << 20
 _HEADER_BYTES = 128  # reserved .npy header: the row count is only known at the end

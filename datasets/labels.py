@@ -25,6 +25,8 @@ from utils.errors import MetaPoseError
 
 logger = logging.getLogger(__name__)
 
+TRAIN_FILE = "h36m_train.pkl"  # the label files tools/prepare_h36m.py writes
+VAL_FILE = "h36m_validation.pkl"
 BATCH_ENTRIES = 2000  # entries converted at a time
 PRUNE_ENTRIES = 40000  # entries between two prunes of the unpickler's memo (memory vs time)
 

@@ -16,9 +16,10 @@ where a camera (and a test sequence) holds, for its T frames (image numbers 1..T
     center, scale (T, 2) optional (written by this repository, ignored by CA-PF's code): the
                   person box that cut the crop, needed to crop full frames on the fly
 
-Joint arrays use the 17-joint 3DHP order of `JOINT_NAMES`; the columns returned by
+Joint arrays use the 17-joint 3DHP order of `MPI_JOINT_NAMES`; the columns returned by
 `load_3dhp_labels` are in the H36M order of utils/skeleton.py (`MPI_TO_H36M`) and metres, like
-the H36M columns of datasets/labels.py, so datasets/h36m.py's sampling code serves both.
+the H36M columns of datasets/labels.py, so the base class of every dataset
+(datasets/pose_frames.py) samples them.
 """
 
 import os
@@ -38,7 +39,7 @@ TEST_FILE = "data_test_3dhp.npz"
 
 # The 17 joints of the 3DHP evaluation, in its order, and their rows among the 28 joints of the
 # training annotations (annot2 / annot3 / univ_annot3).
-JOINT_NAMES = (
+MPI_JOINT_NAMES = (
     "head_top", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder",
     "left_elbow", "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip",
     "left_knee", "left_ankle", "pelvis", "spine", "head",

@@ -47,6 +47,7 @@ from datasets.camera import (
     apply_affine, box_from_root, crop_affine, pixels_to_screen, project, world_to_camera,
 )
 from datasets.label_writer import write_label_pickle
+from datasets.labels import TRAIN_FILE, VAL_FILE
 from utils.errors import MetaPoseError
 from utils.skeleton import (
     ACTION_IDS, CROP_HEIGHT, CROP_WIDTH, LEFT_JOINTS, NUM_JOINTS, PARENTS, RIGHT_JOINTS,
@@ -702,17 +703,20 @@ def prepare_output(out_dir, train_frames, val_frames, seed):
                             f"({error}). Choose a writable folder (--out / data.root).") from None
 
 
-def generate_synthetic(out_dir, train_frames, val_frames, seed, full_frames=False, verbose=True):
+def generate_synthetic(out_dir, train_frames, val_frames, seed, full_frames=False, verbose=True,
+                       train_file=TRAIN_FILE, val_file=VAL_FILE):
     """Writes a synthetic H36M set in the label and image format of docs/method.md §1.1.
 
     Args:
-        out_dir: output folder (created); receives h36m_train.pkl, h36m_validation.pkl and
-            images/<sequence>/<sequence>_<frame>.jpg.
+        out_dir: output folder (created); receives the label pickles `train_file` and `val_file`
+            and images/<sequence>/<sequence>_<frame>.jpg.
         train_frames: entries of subjects 1, 5, 6, 7, 8 (>= 1).
         val_frames: entries of subjects 9, 11 (>= 1).
         seed: integer; the same arguments give byte-identical files.
         full_frames: write full 1000 x 1002 frames instead of 256 x 192 crops.
         verbose: print the counts, sizes and time.
+        train_file, val_file: label file names inside `out_dir` (default: the names that
+            tools/prepare_h36m.py writes).
     Returns:
         dict with train_frames, val_frames, seconds, train_file, val_file, image_dir.
     Raises:
@@ -723,8 +727,8 @@ def generate_synthetic(out_dir, train_frames, val_frames, seed, full_frames=Fals
     backgrounds = {}
     summary = {"image_dir": os.path.join(out_dir, "images")}
     for split_code, (split, subjects, frames, file_name) in enumerate((
-            ("train", TRAIN_SUBJECTS, train_frames, "h36m_train.pkl"),
-            ("validation", VALIDATION_SUBJECTS, val_frames, "h36m_validation.pkl"))):
+            ("train", TRAIN_SUBJECTS, train_frames, train_file),
+            ("validation", VALIDATION_SUBJECTS, val_frames, val_file))):
         entries = _split_entries(int(seed), split_code, subjects, int(frames), out_dir,
                                  full_frames, backgrounds)
         path = os.path.join(out_dir, file_name)

@@ -104,7 +104,7 @@ def _looks_like_metapose(state, path):
                         "converted one or one written by the published train.py.")
 
 
-def resolve_config(checkpoint, info, path, config_path=None, overrides=()):
+def config_for_checkpoint(checkpoint, info, path, config_path=None, overrides=()):
     """The config to build the checkpoint's model with.
 
     --config wins; otherwise the config stored in this project's checkpoints; for a published
@@ -223,7 +223,7 @@ def load_trained_model(checkpoint, config_path=None, overrides=(), device="cpu",
     loaded = load_checkpoint(path)
     state, info = load_model_state(loaded, path)
     _looks_like_metapose(state, path)
-    config = resolve_config(loaded, info, path, config_path, overrides)
+    config = config_for_checkpoint(loaded, info, path, config_path, overrides)
     del loaded
     from models import build_model  # heavy: imported once the input is known to be good
 

@@ -2,7 +2,7 @@
 
 import torch.nn as nn
 
-from utils.metrics import mpjpe
+from utils.metrics_h36m import mpjpe
 
 
 class PoseLoss(nn.Module):

@@ -289,7 +289,7 @@ CASES = {
     "checkpoint without optimizer state (--resume)": (
         lambda w: w.base_args("resume4", "--resume", _changed_checkpoint(
             "no_optimizer.pt", lambda c: c.pop("optimizer"))(w)),
-        ["no_optimizer.pt", "damaged training checkpoint", "'optimizer'", "is missing"]),
+        ["no_optimizer.pt", "cannot be resumed", "'optimizer'", "is missing"]),
     "checkpoint with a text epoch (--resume)": (
         lambda w: w.base_args("resume5", "--resume", _changed_checkpoint(
             "text_epoch.pt", lambda c: c.update(epoch="1"))(w)),

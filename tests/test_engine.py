@@ -26,12 +26,13 @@ from utils.checkpoint import (extract_state_dict, load_checkpoint, load_model_we
 from utils.errors import MetaPoseError
 from utils.flip import flip_images, flip_joints_3d, flip_keypoints_2d, flip_keypoints_crop
 from utils.geometry import normalize_images
+from utils.metrics_h36m import ActionErrorAccumulator, p_mpjpe
 
 H, W = 8, 6
 
 
 class FakeDataset(torch.utils.data.Dataset):
-    """Samples shaped like H36MDataset's; `flip` drawn from (epoch, index) like the real one."""
+    """Samples shaped like PoseFrameDataset's; `flip` drawn from (epoch, index) like the real one."""
 
     def __init__(self, size, train=True):
         self.size, self.train, self.epoch = size, train, 0
@@ -272,7 +273,8 @@ def test_epoch_reaches_persistent_workers():
 def test_evaluate_counts_every_frame_and_flip_test_averages():
     torch.manual_seed(0)
     model, loader = FakeModel(), make_loader(size=23, batch=5, train=False)
-    result = engine.evaluate(model, loader, torch.device("cpu"), flip_test=True)
+    result = engine.evaluate(model, loader, torch.device("cpu"), metrics=ActionErrorAccumulator(),
+                             flip_test=True)
     assert result["frames"] == 23 and sum(v["frames"] for v in result["per_action"].values()) == 23
     assert np.mean([v["p1"] for v in result["per_action"].values()]) == pytest.approx(result["p1"])
     assert result["p2"] <= result["p1"]
@@ -286,7 +288,8 @@ def test_evaluate_counts_every_frame_and_flip_test_averages():
                          flip_keypoints_crop(inputs["keypoints_2d_crop"]), inputs["actions"])
         both = predict(model, inputs, flip_test=True)
     assert torch.allclose(both, (plain + flip_joints_3d(mirrored)) / 2, atol=1e-6)
-    again = engine.evaluate(model, loader, torch.device("cpu"), flip_test=True)
+    again = engine.evaluate(model, loader, torch.device("cpu"), metrics=ActionErrorAccumulator(),
+                             flip_test=True)
     assert again["p1"] == result["p1"]  # evaluation is deterministic
 
 
@@ -304,8 +307,6 @@ class NonFiniteModel(FakeModel):
 
 
 def test_p_mpjpe_of_non_finite_frames_is_nan_and_leaves_the_others():
-    from utils.metrics import p_mpjpe
-
     generator = torch.Generator().manual_seed(0)
     pred, target = torch.randn(4, 17, 3, generator=generator), torch.randn(4, 17, 3,
                                                                             generator=generator)
@@ -321,7 +322,7 @@ def test_evaluate_says_the_model_produced_non_finite_outputs():
     torch.manual_seed(0)
     with pytest.raises(MetaPoseError) as error:
         engine.evaluate(NonFiniteModel(threshold=0.5), loader, torch.device("cpu"),
-                        flip_test=False)
+                        metrics=ActionErrorAccumulator(), flip_test=False)
     kp_x = loader.dataset.kp2d[:, 0, 0]
     expected = int((kp_x > 0.5).sum())
     assert 0 < expected < 23
@@ -332,7 +333,8 @@ def test_evaluate_says_the_model_produced_non_finite_outputs():
     with torch.no_grad():
         model.linear.weight[3, 4] = math.nan
     with pytest.raises(MetaPoseError, match="for 23 of 23 .* not finite \\(first 'linear.weight'"):
-        engine.evaluate(model, loader, torch.device("cpu"), flip_test=True)
+        engine.evaluate(model, loader, torch.device("cpu"), metrics=ActionErrorAccumulator(),
+                        flip_test=True)
 
 
 def test_non_finite_outputs_message_does_not_name_another_datasets_metrics():
@@ -356,7 +358,8 @@ def test_evaluate_abandons_on_stop():
     stop = StopRequest()
     stop.signum = 2
     loader = make_loader(train=False)
-    assert engine.evaluate(FakeModel(), loader, torch.device("cpu"), stop=stop) is None
+    assert engine.evaluate(FakeModel(), loader, torch.device("cpu"),
+                           metrics=ActionErrorAccumulator(), stop=stop) is None
     assert stop.exit_code == 130
 
 
@@ -366,11 +369,11 @@ def test_evaluate_abandons_on_stop():
 
 def test_checkpoint_round_trip_is_atomic(tmp_path):
     path = str(tmp_path / "ckpt" / "last.pt")
-    state = {"model": FakeModel().state_dict(), "epoch": 3, "best_p1": float("inf"),
+    state = {"model": FakeModel().state_dict(), "epoch": 3, "best_score": 41.3,
              "rng": dist_utils.get_rng_state(), "config": {"train": {"lr": 0.1}}}
     save_checkpoint(state, path)
     loaded = load_checkpoint(path)
-    assert loaded["epoch"] == 3 and loaded["best_p1"] == float("inf")
+    assert loaded["epoch"] == 3 and loaded["best_score"] == 41.3
     assert torch.equal(loaded["model"]["linear.weight"], state["model"]["linear.weight"])
     assert os.listdir(tmp_path / "ckpt") == ["last.pt"]  # no temporary file left behind
     atomic_copy(path, str(tmp_path / "ckpt" / "best.pt"))

@@ -21,8 +21,7 @@ import pytest
 import torch
 
 import train
-from tests.launch import child_env, free_port
-from utils.cli import run_cli
+from tests.launch import child_env, free_port, run_train_in_fork
 from utils.errors import MetaPoseError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,31 +50,13 @@ class Space:
         return self.run_dir(name)
 
 
-def run_child(args, fault=None, output=None):
-    """Exit status of `python train.py ARGS` run as a forked child of this process, after
-    `fault()` (if given) was called in the child; its stdout and stderr go to `output`."""
-    def child():
-        if output:
-            handle = open(output, "w", buffering=1, encoding="utf-8")
-            os.dup2(handle.fileno(), 1)
-            os.dup2(handle.fileno(), 2)
-            sys.stdout = sys.stderr = handle
-        if fault:
-            fault()
-        run_cli(train.main, args)
-
-    process = multiprocessing.get_context("fork").Process(target=child)
-    process.start()
-    process.join(300)
-    if process.is_alive():
-        process.kill()
-        process.join()
-        raise AssertionError(f"train.py {' '.join(args)} did not finish")
-    return process.exitcode
-
-
 def read(path):
     with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def read_bytes(path):
+    with open(path, "rb") as handle:
         return handle.read()
 
 
@@ -109,9 +90,9 @@ def space(tmp_path_factory):
     generate_synthetic(space.data, 64, VAL_FRAMES, seed=0, verbose=False)
     with pytest.warns(UserWarning):  # "randomly initialised"
         build_model(load_config(TINY))  # loads the tokenizer once for all the forked runs
-    assert run_child(space.args("one", "train.epochs=1")) == 0
+    assert run_train_in_fork(space.args("one", "train.epochs=1")) == 0
     space.copy_run("one", "two")
-    assert run_child(space.args("two", "--resume", "train.epochs=2")) == 0
+    assert run_train_in_fork(space.args("two", "--resume", "train.epochs=2")) == 0
     reference = metrics(space.run_dir("two"))
     assert [m["epoch"] for m in reference] == [1, 2]
     assert reference[1]["p1"] < reference[0]["p1"]  # epoch 2 is a new best: best.pt is written
@@ -167,8 +148,8 @@ def test_best_checkpoint_and_records_survive_a_kill_at_every_write(space, point)
     name = "kill_" + point.replace(" ", "_").replace("'", "")
     run_dir = space.copy_run("one", name)
     output = os.path.join(space.root, name + ".txt")
-    assert run_child(space.args(name, "--resume", "train.epochs=2"), fault, output) == status, \
-        read(output)[-3000:]
+    exit_status = run_train_in_fork(space.args(name, "--resume", "train.epochs=2"), fault, output)
+    assert exit_status == status, read(output)[-3000:]
 
     one, two = space.run_dir("one"), space.run_dir("two")
     best, last = load(run_dir, "best.pt"), load(run_dir, "last.pt")
@@ -180,7 +161,7 @@ def test_best_checkpoint_and_records_survive_a_kill_at_every_write(space, point)
     if point != "before the epoch's last.pt":  # the trained epoch is on disk before evaluating
         assert last["epoch"] == 2 and same_weights(last["model"], reference[2]["model"])
 
-    assert run_child(space.args(name, "--resume", "train.epochs=2"), output=output) == 0, \
+    assert run_train_in_fork(space.args(name, "--resume", "train.epochs=2"), output=output) == 0, \
         read(output)[-3000:]
     assert [(m["epoch"], m["p1"]) for m in metrics(run_dir)] == \
         [(m["epoch"], m["p1"]) for m in metrics(two)]
@@ -190,9 +171,10 @@ def test_best_checkpoint_and_records_survive_a_kill_at_every_write(space, point)
     assert temporaries(run_dir) == []
 
 
-def as_older_version(path):
-    """Rewrites the training checkpoint `path` as earlier development versions wrote
-    it: the best score under 'best_p1', no 'best_epoch' (nor the other later fields)."""
+def as_development_version(path):
+    """Rewrites the training checkpoint `path` as development versions before the metric sets
+    wrote it: the best score under 'best_p1', and no 'best_epoch', 'bad_steps_in_a_row' nor
+    'data'."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     checkpoint["best_p1"] = checkpoint.pop("best_score")
     for name in ("best_epoch", "bad_steps_in_a_row", "data"):
@@ -200,50 +182,56 @@ def as_older_version(path):
     torch.save(checkpoint, path)
 
 
-@pytest.mark.parametrize("written_by", ["this version", "an older version"])
-def test_resume_repairs_best_left_behind_by_the_old_write_order(space, written_by):
-    """Older versions wrote last.pt (recording the new best) before copying it to best.pt; a
-    kill in between left best.pt at epoch 1. --resume restores it from last.pt. A last.pt of an
-    older version records no best epoch: it is found in metrics.jsonl by the metric set's score
-    (P1 here) equal to the checkpoint's best_p1."""
-    name = "old_order" if written_by == "this version" else "old_order_old_file"
-    run_dir = space.copy_run("two", name)
-    shutil.copyfile(os.path.join(space.run_dir("one"), "checkpoints", "best.pt"),
-                    os.path.join(run_dir, "checkpoints", "best.pt"))
-    if written_by == "an older version":
-        as_older_version(os.path.join(run_dir, "checkpoints", "last.pt"))
+def test_resuming_a_checkpoint_of_a_development_version_is_one_clear_error(space):
+    """A file no released version wrote is refused with one `error:` paragraph (no traceback)
+    that names the missing field and how to go on from its weights; the checkpoints and
+    metrics.jsonl are left as they are."""
+    name = "development_version"
+    run_dir = space.copy_run("one", name)
+    last = os.path.join(run_dir, "checkpoints", "last.pt")
+    as_development_version(last)
+    kept = [os.path.join(run_dir, "metrics.jsonl")] + glob.glob(
+        os.path.join(run_dir, "checkpoints", "*"))
+    before = {path: (os.path.getmtime(path), read_bytes(path)) for path in kept}
     output = os.path.join(space.root, name + ".txt")
-    assert run_child(space.args(name, "--resume", "train.epochs=2"), output=output) == 0, \
-        read(output)[-3000:]
-    assert "restored it from" in read(output)
-    best_score = load(space.run_dir("two"), "best.pt")["best_score"]
-    assert f"(epoch 2, P1 {best_score:.2f})" in read(output)
-    best = load(run_dir, "best.pt")
-    assert best["epoch"] == 2
-    assert same_weights(best["model"], load(space.run_dir("two"), "best.pt")["model"])
+    assert run_train_in_fork(space.args(name, "--resume", "train.epochs=2"), output=output) == 2
+    text = read(output)
+    assert "Traceback" not in text
+    error = text.strip().splitlines()[-1]
+    assert error.startswith(f"error: '{last}' cannot be resumed by this version of MetaPose "
+                            "(it is damaged or was written by another version): its field "
+                            "'best_score' (")
+    assert "--checkpoint FILE" in error
+    assert {path: (os.path.getmtime(path), read_bytes(path)) for path in kept} == before
+    assert sorted(glob.glob(os.path.join(run_dir, "checkpoints", "*"))) == sorted(kept[1:])
 
 
 @pytest.mark.parametrize("field, value, accepted", [
     ("best_score", None, True), ("best_score", 41.3, True), ("best_score", float("nan"), False),
     ("best_score", float("inf"), False), ("best_score", "41.3", False),
-    ("best_p1", float("inf"), True), ("best_p1", 41.3, True), ("best_p1", float("nan"), False),
+    ("best_epoch", None, True), ("best_epoch", 1, True), ("best_epoch", 0, False),
+    ("bad_steps_in_a_row", 0, True), ("bad_steps_in_a_row", -1, False),
+    ("data", {}, True), ("data", [], False),
 ])
-def test_best_score_field_is_checked_under_its_current_and_its_older_name(space, field, value,
-                                                                         accepted):
-    """best_score: a finite number, or None before any evaluation; files of older versions hold
-    best_p1 instead (inf before any evaluation). A bad value is named with its field."""
+def test_checkpoint_fields_are_checked(space, field, value, accepted):
+    """Every field a training checkpoint holds is there with a value of its kind (best_score: a
+    finite number, or None before any evaluation); a bad or missing one is named."""
     from utils.training_checkpoint import check_training_checkpoint
 
     checkpoint = load(space.run_dir("one"), "last.pt")
-    del checkpoint["best_score"]
     checkpoint[field] = value
+    prefix = ("'x.pt' cannot be resumed by this version of MetaPose (it is damaged or was "
+              f"written by another version): its field '{field}' ")
     if accepted:
         check_training_checkpoint(checkpoint, "x.pt")
+        del checkpoint[field]
+        with pytest.raises(MetaPoseError) as error:
+            check_training_checkpoint(checkpoint, "x.pt")
+        assert str(error.value).startswith(prefix + "(") and "is missing" in str(error.value)
         return
     with pytest.raises(MetaPoseError) as error:
         check_training_checkpoint(checkpoint, "x.pt")
-    assert str(error.value).startswith(f"'x.pt' is a damaged training checkpoint: its field "
-                                       f"'{field}' is ")
+    assert str(error.value).startswith(prefix + "is ")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +256,7 @@ def disk_full_on_last_checkpoint():
 def test_full_disk_stops_with_one_message_and_keeps_the_checkpoint(space):
     run_dir = space.copy_run("one", "full")
     output = os.path.join(space.root, "full.txt")
-    status = run_child(space.args("full", "--resume", "train.epochs=2"),
+    status = run_train_in_fork(space.args("full", "--resume", "train.epochs=2"),
                        disk_full_on_last_checkpoint, output)
     text = read(output)
     assert status == 2, text[-3000:]
@@ -286,7 +274,7 @@ def test_full_disk_stops_with_one_message_and_keeps_the_checkpoint(space):
 def test_resume_applies_changed_optimizer_settings_and_records_them(space):
     run_dir = space.copy_run("one", "new_lr")
     output = os.path.join(space.root, "new_lr.txt")
-    assert run_child(space.args("new_lr", "--resume", "train.epochs=2", "train.lr=0.001",
+    assert run_train_in_fork(space.args("new_lr", "--resume", "train.epochs=2", "train.lr=0.001",
                                 "train.lr_decay=0.9", "train.weight_decay=0.05"),
                      output=output) == 0, read(output)[-3000:]
     group = load(run_dir, "last.pt")["optimizer"]["param_groups"][0]
@@ -312,12 +300,13 @@ def test_resume_refuses_other_label_files_unless_allowed(space):
     before = read(os.path.join(run_dir, "config.yaml"))
     output = os.path.join(space.root, "new_data.txt")
     args = space.args("new_data", "--resume", "train.epochs=2", data=other)
-    assert run_child(args, output=output) == 2
+    assert run_train_in_fork(args, output=output) == 2
     error = read(output).strip().splitlines()[-1]
     assert error.startswith("error: the train label file '" + other)
     assert "--allow-data-change" in error and "35 frames" not in error  # train file: 64 frames
     assert read(os.path.join(run_dir, "config.yaml")) == before  # nothing recorded
-    assert run_child(args + ["--allow-data-change"], output=output) == 0, read(output)[-3000:]
+    assert run_train_in_fork(args + ["--allow-data-change"], output=output) == 0, \
+        read(output)[-3000:]
     assert "the best P1 restarts" in read(output)
     last = load(run_dir, "last.pt")
     assert last["data"]["validation"]["frames"] == VAL_FRAMES - 2
@@ -336,7 +325,7 @@ def test_diverged_run_stops_with_one_message(space):
     output = os.path.join(space.root, "diverged.txt")
     args = space.args("diverged", "train.lr=1e30", "train.max_bad_steps=12", "train.epochs=3",
                       "eval.every=3")
-    assert run_child(args, output=output) == 2
+    assert run_train_in_fork(args, output=output) == 2
     lines = read(output).strip().splitlines()
     assert lines[-1].startswith("error: the loss was not finite for 12 consecutive steps (epoch "
                                 "2, step 5; train.max_bad_steps=12)"), lines[-1]
@@ -377,7 +366,8 @@ def test_second_writer_is_refused_naming_the_holder(space):
         files = {path: os.path.getmtime(path)
                  for path in glob.glob(os.path.join(run_dir, "**"), recursive=True)}
         output = os.path.join(space.root, "busy.txt")
-        assert run_child(space.args("busy", "--resume", "train.epochs=2"), output=output) == 2
+        assert run_train_in_fork(space.args("busy", "--resume", "train.epochs=2"),
+                                 output=output) == 2
         error = read(output).strip().splitlines()[-1]
         assert error.startswith(f"error: run directory '{run_dir}' is in use by another process "
                                 f"(pid {os.getpid()} on host {socket.gethostname()}")

@@ -6,7 +6,7 @@ import torch
 
 import engine
 from datasets import build_dataset
-from datasets.h36m import batch_flip_decision
+from datasets.flip_draws import batch_flip_decision
 from models.loss import PoseLoss
 from datasets.loaders import build_train_loader
 from tests.test_engine import CONTEXT, FakeDataset, FakeModel

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from utils.metric_set import metric_set_for
-from utils.metrics import ActionErrorAccumulator
 from utils.metrics_3dhp import (AUC_THRESHOLDS_MM, PCK_JOINTS, SCENES, PoseAccuracyAccumulator,
                                 joint_errors_mm, threshold_counts)
 
@@ -203,18 +201,5 @@ def test_presentation_and_the_score():
     assert metrics.score_key == "mpjpe" and metrics.lower_is_better
     assert metrics.is_better(30.0, None) and metrics.is_better(30.0, 31.0)
     assert not metrics.is_better(32.0, 31.0) and not metrics.is_better(float("nan"), 31.0)
-    assert metrics.describe({"sequence": torch.tensor([4]), "index": torch.tensor([7])}, 0) == \
+    assert metrics.sample_title({"sequence": torch.tensor([4]), "index": torch.tensor([7])}, 0) == \
         "frame 7 (TS5)"
-
-
-def test_metric_set_for_asks_the_dataset():
-    class WithMetrics:
-        def metric_set(self):
-            return PoseAccuracyAccumulator(("TS1",))
-
-    class Wrapper:
-        def __init__(self, dataset):
-            self.dataset = dataset
-
-    assert isinstance(metric_set_for(Wrapper(WithMetrics())), PoseAccuracyAccumulator)
-    assert isinstance(metric_set_for(object()), ActionErrorAccumulator)  # H36M convention

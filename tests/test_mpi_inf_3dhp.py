@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import build_dataset
+from datasets import build_dataset, mpi_inf_3dhp
 from datasets.mpi_inf_3dhp import MPIINF3DHPDataset
-from datasets.mpi_inf_3dhp_labels import (JOINT_NAMES, MPI_TO_H36M, PLACEHOLDER_ACTION,
+from datasets.mpi_inf_3dhp_labels import (MPI_JOINT_NAMES, MPI_TO_H36M, PLACEHOLDER_ACTION,
                                           TEST_FRAME_SIZES, load_3dhp_labels, read_label_file,
                                           write_label_file)
 from datasets.synthetic_3dhp import generate_synthetic_3dhp
@@ -23,7 +23,7 @@ from utils.config import load_config
 from utils.errors import MetaPoseError
 from utils.flip import flip_joints_3d, flip_keypoints_2d
 from utils.metrics_3dhp import PoseAccuracyAccumulator
-from utils.skeleton import JOINT_NAMES as H36M_JOINT_NAMES
+from utils.skeleton import JOINT_NAMES
 
 TINY_3DHP = os.path.join(REPO, "experiments", "tests", "tiny_3dhp.yaml")
 TRAIN_FRAMES, VALID_FRAMES = 48, 29  # experiments/tests/tiny_3dhp.yaml
@@ -46,12 +46,12 @@ def columns_of(root, name):
 
 def test_joint_mapping_and_flips_follow_the_h36m_pairs():
     assert sorted(MPI_TO_H36M) == list(range(17))
-    for h36m_name, mpi_index in zip(H36M_JOINT_NAMES, MPI_TO_H36M):
+    for h36m_name, mpi_index in zip(JOINT_NAMES, MPI_TO_H36M):
         side = [s for s in ("left", "right") if h36m_name.startswith(s)]
         if side:  # a left H36M joint is a left 3DHP joint, and the same limb joint
-            assert JOINT_NAMES[mpi_index] == h36m_name.replace(" ", "_"), h36m_name
+            assert MPI_JOINT_NAMES[mpi_index] == h36m_name.replace(" ", "_"), h36m_name
         else:
-            assert not JOINT_NAMES[mpi_index].startswith(("left", "right"))
+            assert not MPI_JOINT_NAMES[mpi_index].startswith(("left", "right"))
     # Mirroring in 3DHP order with 3DHP's own pairs, then reordering, is the H36M-order flip.
     mpi_pairs = [(2, 5), (3, 6), (4, 7), (8, 11), (9, 12), (10, 13)]
     joints = torch.randn(4, 17, 3)
@@ -228,7 +228,7 @@ def test_samples_follow_the_h36m_conventions(synthetic_3dhp):
         if index == 0:  # the pelvis is in the middle of its crop
             assert abs(float(sample["keypoints_2d_crop"][0, 0]) - 95.5) < 1e-3
     assert counts.sum() == VALID_FRAMES and (counts > 0).all()
-    assert isinstance(dataset.metric_set(), PoseAccuracyAccumulator)
+    assert isinstance(mpi_inf_3dhp.metric_set(dataset), PoseAccuracyAccumulator)
 
 
 def test_crops_show_each_side_where_its_labels_are(synthetic_3dhp):
@@ -242,7 +242,7 @@ def test_crops_show_each_side_where_its_labels_are(synthetic_3dhp):
     for index in range(len(dataset)):
         sample = dataset[index]
         image = sample["image"].numpy().astype(float)
-        for joint, name in enumerate(H36M_JOINT_NAMES):
+        for joint, name in enumerate(JOINT_NAMES):
             side = name.split()[0]
             if side in blue_minus_red and name.split()[1] in ("shoulder", "hip", "knee", "elbow"):
                 x, y = np.rint(sample["keypoints_2d_crop"][joint].numpy()).astype(int)
@@ -273,7 +273,7 @@ def test_make_synthetic_command_line(tmp_path):
                              "--dataset", "mpi_inf_3dhp", "--out", str(tmp_path), "--train-frames",
                              "3", "--val-frames", "2", "--full-frames"], capture_output=True,
                             text=True, timeout=300)
-    assert result.returncode == 2 and "--full-frames is for --dataset h36m" in result.stderr
+    assert result.returncode == 2 and "written as 256x192 crops only" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------

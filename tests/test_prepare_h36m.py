@@ -22,7 +22,7 @@ from datasets.camera import (
     H36M_FRAME_SIZES, box_from_root, crop_from_full_frame, full_frame_to_crop, pixels_to_screen,
     project,
 )
-from datasets.h36m import H36MDataset
+from datasets.pose_frames import PoseFrameDataset
 from datasets.labels import load_labels
 from datasets.synthetic import make_background, make_camera
 from tests.fake_h36m_release import write_fake_release
@@ -208,8 +208,8 @@ def test_crop_equals_the_loaders_crop_and_the_joints_land_on_the_skeleton(releas
     _run(root, out, "--subjects", "9", "--crop", "--crop-dir", crops, "--cameras", cameras)
     path = os.path.join(out, "h36m_validation.pkl")
     labels = load_labels(path)
-    on_the_fly = H36MDataset(labels, os.path.join(root, "images"), image_mode="full")
-    stored = H36MDataset(labels, crops, image_mode="auto")
+    on_the_fly = PoseFrameDataset(labels, os.path.join(root, "images"), image_mode="full")
+    stored = PoseFrameDataset(labels, crops, image_mode="auto")
     differences = []
     for index in range(len(on_the_fly)):
         a = on_the_fly[index]["image"].numpy().astype(float)

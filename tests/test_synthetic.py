@@ -190,14 +190,15 @@ def test_full_frames_crop_to_the_cropped_images(tmp_path):
 
 def test_loader_reads_the_output(crops):
     labels_module = pytest.importorskip("datasets.labels")
-    h36m = pytest.importorskip("datasets.h36m")
+    pose_frames = pytest.importorskip("datasets.pose_frames")
     out, _ = crops
     labels = labels_module.load_labels(os.path.join(out, "h36m_validation.pkl"),
                                        cache_dir=os.path.join(out, "cache"))
     entries = _entries(out, "validation")
     np.testing.assert_allclose(labels["joints_3d"], np.stack([e["joints_3d"] for e in entries]),
                                atol=1e-6)
-    dataset = h36m.H36MDataset(labels, os.path.join(out, "images"), image_size=(256, 192))
+    dataset = pose_frames.PoseFrameDataset(labels, os.path.join(out, "images"),
+                                           image_size=(256, 192))
     assert dataset.image_mode == "cropped" and len(dataset) == VAL
     sample = dataset[3]
     assert tuple(sample["image"].shape) == (3, 256, 192)
@@ -289,7 +290,7 @@ def test_units_are_checked_on_the_synthetic_set(crops, tmp_path):
 def test_full_frame_on_the_fly_crop_equals_the_precrop_and_the_joints(tmp_path):
     """A synthetic full frame cut by the loader on the fly, by tools/precrop_h36m.py and drawn
     directly as a crop agree, and the crop joints sit on blobs drawn at the full-frame joints."""
-    from datasets.h36m import H36MDataset
+    from datasets.pose_frames import PoseFrameDataset
     from datasets.labels import load_labels
     from tools import precrop_h36m
 
@@ -298,8 +299,8 @@ def test_full_frame_on_the_fly_crop_equals_the_precrop_and_the_joints(tmp_path):
     precrop_h36m.main(["--labels", full, "--frames", os.path.join(full, "images"), "--out",
                        str(tmp_path / "crops"), "--workers", "2", "--no-progress"])
     labels = load_labels(os.path.join(full, "h36m_train.pkl"))
-    on_the_fly = H36MDataset(labels, os.path.join(full, "images"))
-    precropped = H36MDataset(labels, str(tmp_path / "crops"))
+    on_the_fly = PoseFrameDataset(labels, os.path.join(full, "images"))
+    precropped = PoseFrameDataset(labels, str(tmp_path / "crops"))
     differences = [(on_the_fly[i]["image"].float() - precropped[i]["image"].float()).abs().mean()
                    for i in range(len(on_the_fly))]
     print(f"\non-the-fly vs pre-cropped: mean abs difference {np.mean(differences):.3f}")
@@ -319,7 +320,7 @@ def test_full_frame_on_the_fly_crop_equals_the_precrop_and_the_joints(tmp_path):
         path = blobs_dir / labels["image"][index].decode()
         path.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(path), np.repeat(np.clip(frame, 0, 255)[..., None], 3, 2).astype(np.uint8))
-    crops = H36MDataset(labels, str(blobs_dir))
+    crops = PoseFrameDataset(labels, str(blobs_dir))
     checked = 0
     for index in range(len(crops)):
         image = crops[index]["image"][0].double().numpy()

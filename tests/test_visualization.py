@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from utils.cli import run_cli
 from utils.config import load_config
 from utils.errors import MetaPoseError
+from utils.metrics_h36m import ActionErrorAccumulator
 from utils.visualization import crop_to_image_pixels, draw_sample, figure_to_array, save_samples_png
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,7 +183,9 @@ def test_visualize_tool_with_stand_in_model_and_data(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "models",
                         types.SimpleNamespace(build_model=lambda config, **kwargs: _FakePoseModel()))
     monkeypatch.setitem(sys.modules, "datasets",
-                        types.SimpleNamespace(build_dataset=lambda config, split: _FakeDataset()))
+                        types.SimpleNamespace(build_dataset=lambda config, split: _FakeDataset(),
+                                              build_metric_set=lambda config, dataset:
+                                              ActionErrorAccumulator()))
     config = os.path.join(REPO, "experiments", "tests", "tiny.yaml")
     weights = _FakePoseModel().state_dict()
     checkpoints = {"engine.pt": {"model": weights, "epoch": 1},

@@ -6,7 +6,8 @@
     python tools/make_synthetic.py --dataset mpi_inf_3dhp --out data/synthetic_3dhp \
         --train-frames 2000 --val-frames 500 --seed 0
 
-H36M (the default, datasets/synthetic.py) writes OUT/h36m_train.pkl, OUT/h36m_validation.pkl and
+--dataset is any dataset of datasets/registry.py; its module writes the set. H36M (the default,
+datasets/synthetic.py) writes OUT/h36m_train.pkl, OUT/h36m_validation.pkl and
 OUT/images/<sequence>/<sequence>_<frame>.jpg in the format of the real data (docs/method.md §1.1).
 MPI-INF-3DHP (datasets/synthetic_3dhp.py) writes OUT/data_train_3dhp.npz, OUT/data_test_3dhp.npz
 (CA-PF's layout, docs/method.md §6; --val-frames counts valid test frames) and 256x192 crops under
@@ -19,9 +20,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from datasets.registry import DATASET_MODULES, dataset_module  # noqa: E402
 from utils.atomic_files import name_output_flag  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
-from utils.errors import MetaPoseError  # noqa: E402
 
 
 def _int_at_least(minimum, what):
@@ -45,7 +46,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description="Write a synthetic H36M or MPI-INF-3DHP data set (labels and JPEG images in "
                     "the real format) for running MetaPose without the real data.")
-    parser.add_argument("--dataset", choices=("h36m", "mpi_inf_3dhp"), default="h36m",
+    parser.add_argument("--dataset", choices=DATASET_MODULES.keys(), default="h36m",
                         help="which data set to imitate (default h36m)")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--train-frames", type=_positive_int, default=2000,
@@ -67,6 +68,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+from datasets.registry import DATASET_MODULES, dataset_module  # noqa: E402
     name_output_flag("--out", args.out)
     if args.dataset == "mpi_inf_3dhp":
         from datasets.synthetic_3dhp import generate_synthetic_3dhp

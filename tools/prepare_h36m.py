@@ -74,6 +74,7 @@ from datasets.camera import (  # noqa: E402
 )
 from utils.atomic_files import atomic_output, name_output_flag  # noqa: E402
 from datasets.label_writer import LabelPickleWriter  # noqa: E402
+from datasets.labels import TRAIN_FILE, VAL_FILE  # noqa: E402
 from datasets.precrop import CropJob, cut_crops  # noqa: E402
 from datasets.synthetic import image_name  # noqa: E402
 from utils.cli import positive_int, run_cli  # noqa: E402
@@ -87,8 +88,8 @@ H36M_TO_17 = (0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 15, 17, 18, 19, 25, 26, 27)  # of
 EXPECTED_COUNTS = {"train": 1559752, "validation": 543344}  # every frame, all subjects, CPN
 CPN_FILE = "data_2d_h36m_cpn_ft_h36m_dbb.npz"
 POSE_FOLDERS = (os.path.join("MyPoseFeatures", "D3_Positions_mono"), "Poses_D3_Positions_mono")
-SPLITS = (("train", TRAIN_SUBJECTS, "h36m_train.pkl"),
-          ("validation", VALIDATION_SUBJECTS, "h36m_validation.pkl"))
+SPLIT_FILES = (("train", TRAIN_SUBJECTS, TRAIN_FILE),
+               ("validation", VALIDATION_SUBJECTS, VAL_FILE))
 WORK_FOLDER = ".prepare_h36m"
 PART_VERSION = 1
 
@@ -560,7 +561,7 @@ def prepare(raw, out, cameras_path, cpn_path, images_dir, crop_dir, subsample, s
                          subjects, workers)
     os.makedirs(out, exist_ok=True)
     chosen_splits = [(split, [s for s in split_subjects if s in subjects], name)
-                     for split, split_subjects, name in SPLITS]
+                     for split, split_subjects, name in SPLIT_FILES]
     chosen_splits = [item for item in chosen_splits if item[1]]
     split_parts = {split: state.run_split(split_subjects)
                    for split, split_subjects, _ in chosen_splits}

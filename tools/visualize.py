@@ -25,7 +25,6 @@ from utils.atomic_files import name_output_flag  # noqa: E402
 from utils.cli import (add_device_argument, add_overrides_argument, positive_int,  # noqa: E402
                        resolve_device, run_cli)
 from utils.errors import MetaPoseError  # noqa: E402
-from utils.skeleton import ACTION_NAMES  # noqa: E402
 
 
 def build_parser():
@@ -49,19 +48,6 @@ def parse_args(argv):
     return build_parser().parse_intermixed_args(argv)
 
 
-def sample_title(sample, sequence_names=None):
-    """'Directions S9 #12' (H36M), or 'TS3 #12' for datasets that name sequences (3DHP)."""
-    if sequence_names is not None and "sequence" in sample:
-        parts = [sequence_names[int(sample["sequence"])]]
-    else:
-        parts = [ACTION_NAMES.get(int(sample["action"]), f"action {int(sample['action'])}")]
-    if "subject" in sample and sequence_names is None:
-        parts.append(f"S{int(sample['subject'])}")
-    if "index" in sample:
-        parts.append(f"#{int(sample['index'])}")
-    return " ".join(parts)
-
-
 def main(argv=None):
     args = parse_args(argv)
     name_output_flag("--out", args.out)
@@ -74,7 +60,7 @@ def main(argv=None):
     del checkpoint
 
     # Imported here: they are heavy, and input errors should not wait for them.
-    from datasets import build_dataset
+    from datasets import build_dataset, build_metric_set
     from datasets.transforms import prepare_batch
     from models.flip_test import predict
     from models import build_model
@@ -92,19 +78,21 @@ def main(argv=None):
     # Training samples may carry a random-flip flag: drop it, so the frame is drawn as stored.
     samples = [{key: value for key, value in dataset[int(i)].items() if key != "flip"}
                for i in indices]
+    batch = default_collate(samples)
     with torch.no_grad():  # the evaluation path: same normalisation, flip test and precision
-        inputs = prepare_batch(default_collate(samples), device)
+        inputs = prepare_batch(batch, device)
         pose = predict(model, inputs, config.eval.flip_test, amp=config.speed.amp).float().cpu()
 
+    metrics = build_metric_set(config, dataset)  # titles the frames as evaluation figures do
     drawings = []
-    for sample, pred in zip(samples, pose):
+    for position, (sample, pred) in enumerate(zip(samples, pose)):
         image = sample["image"]
         drawings.append({
             "image": image.permute(1, 2, 0).numpy() if isinstance(image, torch.Tensor) else image,
             "keypoints_crop": sample["keypoints_2d_crop"],
             "pred_3d": pred,
             "gt_3d": sample["joints_3d"],
-            "title": sample_title(sample, getattr(dataset, "sequence_names", None)),
+            "title": metrics.sample_title(batch, position),
         })
     try:
         save_samples_png(args.out, drawings)

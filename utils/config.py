@@ -8,6 +8,7 @@ import os
 import yaml
 from easydict import EasyDict
 
+from datasets.registry import DATASET_MODULES
 from utils.errors import MetaPoseError
 
 DEFAULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaults.yaml")
@@ -46,7 +47,7 @@ class Range:
 
 
 CHOICES = {
-    "data.dataset": ("h36m", "mpi_inf_3dhp"),
+    "data.dataset": DATASET_MODULES.keys(),  # the registered datasets (a live view)
     "data.image_mode": ("auto", "cropped", "full"),
     "data.keypoints_2d": ("cpn", "gt"),
     "model.image_encoder.type": ("hrnet_32", "hrnet_48"),

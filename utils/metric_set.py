@@ -1,6 +1,6 @@
 """The metric-set interface: what evaluation needs from a dataset's metrics. engine.evaluate and
-train.py use nothing else, so the loops stay dataset-agnostic; each dataset names its own set
-(H36M: utils/metrics.py, MPI-INF-3DHP: utils/metrics_3dhp.py)."""
+train.py use nothing else, so the loops stay dataset-agnostic; each dataset module names its own
+set (datasets/registry.py; H36M: utils/metrics_h36m.py, MPI-INF-3DHP: utils/metrics_3dhp.py)."""
 
 import math
 
@@ -54,7 +54,7 @@ class MetricSet:
         """One line with the main figures of `summary`."""
         raise NotImplementedError
 
-    def describe(self, batch, position):
+    def sample_title(self, batch, position):
         """Title of sample `position` of `batch` in the figures drawn at evaluation."""
         return f"frame {int(batch['index'][position])}"
 
@@ -84,17 +84,3 @@ class MetricSet:
     def reset(self):
         self._state.zero_()
 
-
-def metric_set_for(dataset):
-    """A fresh metric set for evaluating `dataset`: its own (`dataset.metric_set()`), or the H36M
-    per-action metrics for a dataset without one (H36MDataset, and any dataset of samples in the
-    H36M convention with H36M action ids). Wrappers that keep the dataset as `.dataset`
-    (EpochSyncedDataset, Subset) are looked through."""
-    while not hasattr(dataset, "metric_set") and hasattr(dataset, "dataset"):
-        dataset = dataset.dataset
-    factory = getattr(dataset, "metric_set", None)
-    if factory is not None:
-        return factory()
-    from utils.metrics import ActionErrorAccumulator
-
-    return ActionErrorAccumulator()

@@ -171,6 +171,6 @@ class PoseAccuracyAccumulator(MetricSet):
         return (f"PCK {summary['pck']:.1f}  AUC {summary['auc']:.1f}  MPJPE "
                 f"{summary['mpjpe']:.2f} mm  ({summary['frames']} frames)")
 
-    def describe(self, batch, position):
+    def sample_title(self, batch, position):
         sequence = self.sequence_names[int(batch["sequence"][position])]
         return f"frame {int(batch['index'][position])} ({sequence})"

@@ -200,7 +200,7 @@ def _check_reuse(paths, args):
 
 def record_metrics(paths, record, keep_until_epoch=None):
     """Appends `record` to metrics.jsonl by rewriting the file atomically; with
-    `keep_until_epoch`, lines of later epochs (left by a run resumed from an older checkpoint)
+    `keep_until_epoch`, lines of later epochs (left by a run resumed from an earlier epoch)
     are dropped first."""
     lines = []
     if os.path.exists(paths.metrics):

@@ -16,7 +16,8 @@ import torch
 
 from utils import distributed as dist_utils
 from utils.atomic_files import atomic_copy
-from utils.checkpoint import (first_non_finite, load_checkpoint, load_model_state, load_model_weights, save_checkpoint)
+from utils.checkpoint import (first_non_finite, load_checkpoint, load_model_state,
+                              load_model_weights, save_checkpoint)
 from utils.errors import MetaPoseError
 from utils.run_dir import git_commit, record_metrics
 
@@ -43,8 +44,7 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# Every field of a training checkpoint: (test, what it must be). OPTIONAL_FIELDS were added after
-# the first checkpoints were written; older files get the value given here.
+# Every field of a training checkpoint: (test, what it must be).
 FIELDS = {
     "model": (lambda v: isinstance(v, dict), "a state dict"),
     "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
@@ -60,21 +60,14 @@ FIELDS = {
     "eval_pending": (lambda v: isinstance(v, bool), "true or false"),
     "best_score": (lambda v: v is None or (_is_number(v) and math.isfinite(v)),
                    "a finite number, the metric set's best score (None before any evaluation)"),
+    "best_epoch": (lambda v: v is None or _is_int(v, 1), "an epoch number or None"),
+    "bad_steps_in_a_row": (_is_int, "an integer >= 0"),
+    "data": (lambda v: isinstance(v, dict), "a mapping of label files"),
     "config": (lambda v: isinstance(v, dict), "the config mapping"),
     "world_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
     "batch_size": (lambda v: _is_int(v, 1), "an integer >= 1"),
     "rng_states": (lambda v: isinstance(v, list) and v and all(isinstance(s, dict) for s in v),
                    "a list of RNG states, one per process"),
-}
-# Fields that older checkpoints hold under another name: {name: (old name, test, what)}.
-RENAMED_FIELDS = {
-    "best_score": ("best_p1", lambda v: _is_number(v) and v > 0,
-                   "a positive number (inf before any evaluation)"),
-}
-OPTIONAL_FIELDS = {
-    "best_epoch": (None, lambda v: v is None or _is_int(v, 1), "an epoch number or None"),
-    "bad_steps_in_a_row": (0, _is_int, "an integer >= 0"),
-    "data": ({}, lambda v: isinstance(v, dict), "a mapping of label files"),
 }
 
 
@@ -86,9 +79,10 @@ def _shown(value):
 
 
 def _damaged(path, problem):
-    return MetaPoseError(f"'{path}' is a damaged training checkpoint: {problem}. Resume from "
-                         "another checkpoint of the run (checkpoints/last.pt or best.pt), or "
-                         "start a new run from its weights with --checkpoint FILE.")
+    return MetaPoseError(f"'{path}' cannot be resumed by this version of MetaPose (it is damaged "
+                         f"or was written by another version): {problem}. Resume from another "
+                         "checkpoint of the run (checkpoints/last.pt or best.pt), or start a new "
+                         "run from its weights with --checkpoint FILE.")
 
 
 def check_training_checkpoint(checkpoint, path):
@@ -99,16 +93,9 @@ def check_training_checkpoint(checkpoint, path):
                             "state), so it cannot be resumed. Use --checkpoint to start from its "
                             "weights.")
     for name, (test, what) in FIELDS.items():
-        if name in RENAMED_FIELDS and name not in checkpoint \
-                and RENAMED_FIELDS[name][0] in checkpoint:
-            name, test, what = RENAMED_FIELDS[name]
         if name not in checkpoint:
             raise _damaged(path, f"its field '{name}' ({what}) is missing")
         if not test(checkpoint[name]):
-            raise _damaged(path, f"its field '{name}' is {_shown(checkpoint[name])} but must be "
-                                 f"{what}")
-    for name, (_, test, what) in OPTIONAL_FIELDS.items():
-        if name in checkpoint and not test(checkpoint[name]):
             raise _damaged(path, f"its field '{name}' is {_shown(checkpoint[name])} but must be "
                                  f"{what}")
     current = dist_utils.get_rng_state()
@@ -240,13 +227,13 @@ def resume_training(path, model, optimizer, scheduler, scaler, config, logger, c
             scaler.load_state_dict(checkpoint["scaler"])
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise _damaged(path, f"its scheduler or scaler state cannot be loaded ({error})") from None
-    optional = {name: checkpoint.get(name, default)
-                for name, (default, _, _) in OPTIONAL_FIELDS.items()}
-    best = checkpoint.get("best_score", checkpoint.get("best_p1"))  # best_p1: older checkpoints
+    best = checkpoint["best_score"]
     state = TrainState(epoch=checkpoint["epoch"], batches_done=checkpoint["batches_done"],
-                       best_score=None if best is None or math.isinf(best) else float(best),
+                       best_score=None if best is None else float(best),
                        eval_pending=checkpoint["eval_pending"],
-                       rng_states=checkpoint["rng_states"], **optional)
+                       rng_states=checkpoint["rng_states"], best_epoch=checkpoint["best_epoch"],
+                       bad_steps_in_a_row=checkpoint["bad_steps_in_a_row"],
+                       data=checkpoint["data"])
     changed = _changed_keys(checkpoint["config"], json.loads(json.dumps(config)))
     if changed:
         logger.info("config differs from the checkpoint's in: %s", ", ".join(changed))
@@ -347,9 +334,6 @@ def check_resumed_data(saved, current, path, allow_change, logger):
     Raises:
         MetaPoseError when a file's contents differ, unless `allow_change` (--allow-data-change).
     """
-    if not saved:
-        logger.warning("'%s' records no fingerprint of its data (saved by an older version): "
-                       "the label files cannot be compared", path)
     changed = [split for split, now in current.items()
                if split in saved and saved[split].get("sha256") != now["sha256"]]
     for split in changed:
@@ -371,56 +355,9 @@ def check_resumed_data(saved, current, path, allow_change, logger):
     return "validation" in changed
 
 
-def repair_best_checkpoint(paths, state, resumed_path, logger, metric_set):
-    """On --resume (rank 0): makes checkpoints/best.pt hold the best evaluation recorded when a
-    kill under an older version left it behind (last.pt written first, the copy to best.pt
-    lost). Possible when the resumed checkpoint is itself that evaluation. metric_set: the
-    validation set's MetricSet (its score_key names the score in metrics.jsonl)."""
-    if state.best_epoch is None:
-        state.best_epoch = _best_epoch_from_metrics(paths, state.best_score, metric_set.score_key)
-    if state.best_epoch is None:
-        return
-    held = None
-    if os.path.exists(paths.best):
-        try:
-            best = load_checkpoint(paths.best, mmap=True)
-            held = best.get("epoch") if isinstance(best, dict) else None
-        except MetaPoseError as error:
-            logger.warning("checkpoints/best.pt cannot be read: %s", error)
-    if held == state.best_epoch:
-        return
-    at_best = (state.epoch == state.best_epoch and not state.batches_done
-               and not state.eval_pending)
-    score = f"{metric_set.score_label} {score_text(state.best_score)}"
-    if at_best and os.path.abspath(resumed_path) != os.path.abspath(paths.best):
-        atomic_copy(resumed_path, paths.best)
-        logger.warning("checkpoints/best.pt held epoch %s, not the best evaluation (epoch %d, "
-                       "%s): restored it from '%s'", held, state.best_epoch, score, resumed_path)
-    else:
-        logger.warning("checkpoints/best.pt holds epoch %s, but the best evaluation recorded is "
-                       "epoch %d (%s), whose weights no checkpoint holds any more",
-                       held, state.best_epoch, score)
-
-
-def _best_epoch_from_metrics(paths, best_score, score_key):
-    """The epoch of the metrics.jsonl line whose `score_key` is `best_score` (checkpoints of
-    older versions do not record it), or None."""
-    if best_score is None or not math.isfinite(best_score) or not os.path.exists(paths.metrics):
-        return None
-    with open(paths.metrics, "r", encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict) and entry.get(score_key) == best_score:
-                return entry.get("epoch")
-    return None
-
-
 def score_text(score):
     """A best score for log lines: '41.30', or 'none' before the first evaluation."""
-    return "none" if score is None or math.isinf(score) else f"{score:.2f}"
+    return "none" if score is None else f"{score:.2f}"
 
 
 def _changed_keys(old, new, prefix=""):

@@ -1,4 +1,5 @@
-"""H36MDataset: sample fields, crop geometry, flip conventions, bad images, build_dataset."""
+"""PoseFrameDataset (the base of every dataset) on H36M labels: sample fields, crop geometry, flip
+conventions, bad images, build_dataset."""
 
 import logging
 import os
@@ -12,7 +13,8 @@ import pytest
 import torch
 
 from datasets import build_dataset
-from datasets.h36m import H36MDataset, flip_decision
+from datasets.flip_draws import flip_decision
+from datasets.pose_frames import PoseFrameDataset
 from datasets.images import crop_from_full_frame, full_frame_to_crop, read_image
 from datasets.labels import load_labels
 from tests import tiny_h36m
@@ -28,7 +30,7 @@ def _config(root, *overrides):
 
 def _dataset(root, split="h36m_train.pkl", **kwargs):
     labels = load_labels(os.path.join(root, split))
-    return H36MDataset(labels, os.path.join(root, "images"), **kwargs)
+    return PoseFrameDataset(labels, os.path.join(root, "images"), **kwargs)
 
 
 def test_sample_fields_follow_the_contract(tiny_h36m_dir):
@@ -198,7 +200,7 @@ def test_bad_images(tiny_h36m_dir, caplog):
     os.remove(missing)
     corrupt.write_bytes(b"\xff\xd8 definitely not a complete JPEG")
 
-    strict = H36MDataset(labels, str(images), skip_bad_images=False)
+    strict = PoseFrameDataset(labels, str(images), skip_bad_images=False)
     assert len(strict) == 6
     with pytest.raises(MetaPoseError, match=str(missing)):
         strict[2]
@@ -206,7 +208,7 @@ def test_bad_images(tiny_h36m_dir, caplog):
         strict[4]
 
     with caplog.at_level(logging.WARNING):
-        lenient = H36MDataset(labels, str(images), skip_bad_images=True, train=True)
+        lenient = PoseFrameDataset(labels, str(images), skip_bad_images=True, train=True)
         assert len(lenient) == 5 and lenient.num_skipped == 1
         assert "skipping 1 of 6 frames" in caplog.text
         # Position 3 is label row 4 (row 2 dropped): corrupt, so the next good frame comes back.
@@ -225,7 +227,7 @@ def test_bad_images_in_evaluation_count_every_frame_once(tiny_h36m_dir, caplog):
     (images / labels["image"][1].decode()).write_bytes(b"\xff\xd8 a cut JPEG")
     os.remove(images / labels["image"][3].decode())
     with caplog.at_level(logging.WARNING):
-        dataset = H36MDataset(labels, str(images), skip_bad_images=True, train=False,
+        dataset = PoseFrameDataset(labels, str(images), skip_bad_images=True, train=False,
                               image_size=(64, 48))
         batches = list(torch.utils.data.DataLoader(dataset, batch_size=2))
     indices = torch.cat([batch["index"] for batch in batches]).tolist()
@@ -261,8 +263,9 @@ def test_build_dataset_missing_empty_and_synthetic(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_generate(out_dir, train_frames, val_frames, seed, full_frames=False):
-        calls.append((out_dir, train_frames, val_frames, seed, full_frames))
+    def fake_generate(out_dir, train_frames, val_frames, seed, full_frames=False, verbose=True,
+                      train_file="h36m_train.pkl", val_file="h36m_validation.pkl"):
+        calls.append((out_dir, train_frames, val_frames, seed, full_frames, train_file, val_file))
         tiny_h36m.write_dataset(out_dir, train_frames, val_frames, full_frames=full_frames)
 
     fake = types.ModuleType("datasets.synthetic")
@@ -275,7 +278,8 @@ def test_build_dataset_missing_empty_and_synthetic(tmp_path, monkeypatch):
         build_dataset(config, "validation", rank=1)
     assert not calls
     dataset = build_dataset(config, "validation", rank=0)
-    assert len(dataset) == 3 and calls == [(str(tmp_path / "gen"), 4, 3, 5, False)]
+    assert len(dataset) == 3 and calls == [(str(tmp_path / "gen"), 4, 3, 5, False,
+                                             "h36m_train.pkl", "h36m_validation.pkl")]
     assert len(build_dataset(config, "train", rank=1)) == 4 and len(calls) == 1
 
     tiny_h36m.write_pickle(str(tmp_path / "empty" / "h36m_validation.pkl"), [])
@@ -324,13 +328,14 @@ def test_image_paths_are_confined_to_the_image_folder(tiny_h36m_dir):
     """Paths in (possibly replaced) label columns never reach files outside the image folder."""
     labels = dict(load_labels(str(tiny_h36m_dir / "h36m_train.pkl")))
     labels["image"] = np.array([b"../h36m_train.pkl", b"/etc/passwd"] + list(labels["image"][2:]))
-    dataset = H36MDataset(labels, str(tiny_h36m_dir / "images"), image_mode="full", train=True)
+    dataset = PoseFrameDataset(labels, str(tiny_h36m_dir / "images"), image_mode="full", train=True)
     for row in (0, 1):
         with pytest.raises(MetaPoseError, match="relative to the image folder"):
             dataset[row]
     for skip in (False, True):  # not an unreadable image: never skipped silently
         with pytest.raises(MetaPoseError, match="row 0 .* relative to the image folder"):
-            H36MDataset(labels, str(tiny_h36m_dir / "images"), skip_bad_images=skip, train=True)
+            PoseFrameDataset(labels, str(tiny_h36m_dir / "images"), skip_bad_images=skip,
+                             train=True)
 
 
 def _read_in_thread(path):

@@ -1,11 +1,12 @@
-"""Protocol #1/#2 metrics and the per-action accumulator."""
+"""The H36M metrics: Protocol #1/#2 and the per-action metric set."""
 
 import math
 
 import pytest
 import torch
 
-from utils.metrics import ActionErrorAccumulator, format_table, mpjpe, p_mpjpe, procrustes_align
+from utils.metrics_h36m import (ActionErrorAccumulator, format_table, mpjpe, p_mpjpe,
+                                procrustes_align)
 from utils.skeleton import ACTION_NAMES
 
 

@@ -1,4 +1,5 @@
-"""H36M evaluation metrics: Protocol #1 (MPJPE), Protocol #2 (P-MPJPE) and per-action averaging."""
+"""The H36M metric set: Protocol #1 (MPJPE), Protocol #2 (P-MPJPE) and per-action averaging
+(MPI-INF-3DHP has its own, utils/metrics_3dhp.py)."""
 
 import math
 
@@ -172,7 +173,7 @@ class ActionErrorAccumulator(MetricSet):
         return (f"P1 {summary['p1']:.2f} mm  P2 {summary['p2']:.2f} mm  "
                 f"({summary['frames']} frames)")
 
-    def describe(self, batch, position):
+    def sample_title(self, batch, position):
         action = int(batch["action"][position])
         return f"frame {int(batch['index'][position])} ({ACTION_NAMES.get(action, action)})"
 
