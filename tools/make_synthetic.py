@@ -68,20 +68,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-from datasets.registry import DATASET_MODULES, dataset_module  # noqa: E402
     name_output_flag("--out", args.out)
-    if args.dataset == "mpi_inf_3dhp":
-        from datasets.synthetic_3dhp import generate_synthetic_3dhp
-
-        if args.full_frames:
-            raise MetaPoseError("--full-frames is for --dataset h36m: the synthetic "
-                                "MPI-INF-3DHP set is written as 256x192 crops (CA-PF's layout).")
-        generate_synthetic_3dhp(args.out, args.train_frames, args.val_frames, args.seed)
-        return 0
-    from datasets.synthetic import generate_synthetic
-
-    generate_synthetic(args.out, args.train_frames, args.val_frames, args.seed,
-                       full_frames=args.full_frames)
+    dataset_module(args.dataset).write_synthetic(args.out, args.train_frames, args.val_frames,
+                                                 args.seed, full_frames=args.full_frames)
     return 0
 
 

@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
 from utils.checkpoint import load_checkpoint, load_model_state, load_model_weights  # noqa: E402
-from inference.loading import resolve_config  # noqa: E402
+from inference.loading import config_for_checkpoint  # noqa: E402
 from utils.atomic_files import name_output_flag  # noqa: E402
 from utils.cli import (add_device_argument, add_overrides_argument, positive_int,  # noqa: E402
                        resolve_device, run_cli)
@@ -56,7 +56,7 @@ def main(argv=None):
     # Any checkpoint: this project's, a plain state dict, or the published train.py's.
     checkpoint = load_checkpoint(args.checkpoint)
     state, info = load_model_state(checkpoint, args.checkpoint)
-    config = resolve_config(checkpoint, info, args.checkpoint, args.config, args.overrides)
+    config = config_for_checkpoint(checkpoint, info, args.checkpoint, args.config, args.overrides)
     del checkpoint
 
     # Imported here: they are heavy, and input errors should not wait for them.
