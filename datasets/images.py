@@ -10,14 +10,13 @@ that map: the synthetic generator, the loader's on-the-fly crop, tools/prepare_h
 tools/precrop_h36m.py all call it. Mirroring the crop is exactly x -> 191 - x.
 """
 
-import os
-import stat
 
 import cv2
 import numpy as np
 
 from utils.atomic_files import atomic_write_bytes
 from utils.errors import MetaPoseError
+from utils.input_files import InputFileError, read_regular_file, shown_path
 from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 
 # OpenCV's own thread pool only oversubscribes the CPUs when DataLoader workers decode in
@@ -43,31 +42,6 @@ def unsafe_image_path(relative):
     return None
 
 
-def _read_regular_file(path):
-    """The bytes of `path` if it is a regular file. Opened without blocking and checked with
-    fstat before reading, so that a FIFO cannot hang a worker and a device (/dev/zero) is never
-    read; raises OSError, or MetaPoseError for anything that is not a regular file."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-    handle = os.open(path, flags)
-    try:
-        info = os.fstat(handle)
-        if not stat.S_ISREG(info.st_mode):
-            kind = ("a folder" if stat.S_ISDIR(info.st_mode) else
-                    "a FIFO" if stat.S_ISFIFO(info.st_mode) else
-                    "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else
-                    "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
-            raise MetaPoseError(
-                f"image '{path}' is {kind}, not a regular file; refusing to read it. Label image "
-                "paths must name JPEG files inside the image folder; replace the entry or the "
-                "file (or set data.skip_bad_images=true to drop such frames).")
-        with os.fdopen(handle, "rb", closefd=True) as stream:
-            handle = None
-            return stream.read()
-    finally:
-        if handle is not None:
-            os.close(handle)
-
-
 def read_image(path):
     """(H, W, 3) uint8 RGB pixels of the JPEG (or PNG) at `path`.
 
@@ -78,15 +52,16 @@ def read_image(path):
         print nothing to stderr for such files.)
     """
     try:
-        data = np.frombuffer(_read_regular_file(path), dtype=np.uint8)
-    except OSError as error:
-        if not os.path.lexists(path):
-            raise MetaPoseError(
-                f"image '{path}' does not exist. Check data.root and data.image_dir, or set "
-                "data.skip_bad_images=true to drop frames whose image is missing.") from None
-        raise MetaPoseError(f"image '{path}' cannot be read ({error.strerror or error}). Check "
-                            "the file, or set data.skip_bad_images=true to drop such frames.") \
-            from None
+        data = np.frombuffer(read_regular_file(
+            path, "image", "Label image paths must name image files inside the image folder; "
+            "replace the entry or the file, or set data.skip_bad_images=true to drop such "
+            "frames."), dtype=np.uint8)
+    except InputFileError as error:
+        if error.problem != "does not exist":
+            raise
+        raise MetaPoseError(
+            f"image '{shown_path(path)}' does not exist. Check data.root and data.image_dir, or "
+            "set data.skip_bad_images=true to drop frames whose image is missing.") from None
     if _truncated_jpeg(data):
         raise MetaPoseError(
             f"image '{path}' is a truncated JPEG: its {data.size} bytes end before the JPEG end "

@@ -365,7 +365,7 @@ def test_fifo_and_device_are_refused_without_hanging(tmp_path):
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
         thread.join(10)
         pytest.fail("reading a FIFO blocked")
-    assert "a FIFO, not a regular file" in outcome["error"]
+    assert "is a FIFO (named pipe), not a regular file" in outcome["error"]
     device = str(tmp_path / "zero.jpg")
     os.symlink("/dev/zero", device)
     thread, outcome = _read_in_thread(device)
