@@ -22,6 +22,9 @@ ASPECT = CROP_WIDTH / CROP_HEIGHT  # width / height of the crop
 # A tight box around a standing person (~1.75 m tall) made 1.5 times as large, at the crop's
 # aspect, frames the person about as the H36M root box does (a 2 m wide crop, 2.67 m high).
 DEFAULT_BOX_PADDING = 1.5
+# A given box may reach this many frame sizes beyond each edge of the frame (a person partly
+# outside it); farther is not a box of this frame (and huge values would overflow the crop map).
+BOX_REACH = 2.0
 
 DETECTORS = ("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_fpn",
              "fasterrcnn_mobilenet_v3_large_320_fpn")  # accurate .. fast (320 px input)
@@ -60,11 +63,12 @@ def check_box(values, width, height, where):
 
     Raises:
         MetaPoseError naming `where` for non-numbers, NaN/Inf, x2 <= x1 or y2 <= y1, a box
-        that covers less than one pixel of the frame or lies outside it.
+        that covers less than one pixel of the frame, or one that reaches more than BOX_REACH
+        frame sizes beyond an edge of the frame.
     """
     try:
         box = np.asarray(values, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MetaPoseError(f"{where}: the box is not four numbers [x1, y1, x2, y2].") from None
     if box.shape != (4,):
         raise MetaPoseError(f"{where}: the box has {box.size} numbers; expected four, "
@@ -78,6 +82,14 @@ def check_box(values, width, height, where):
     if min(x2, width - 0.5) - max(x1, -0.5) < 1.0 or min(y2, height - 0.5) - max(y1, -0.5) < 1.0:
         raise MetaPoseError(f"{where}: the box {box.round(1).tolist()} lies outside the "
                             f"{width}x{height} frame (it must cover at least one pixel of it). "
+                            "Check that it is in pixels of this frame.")
+    low = -BOX_REACH * np.array([width, height, width, height])
+    high = (1.0 + BOX_REACH) * np.array([width, height, width, height])
+    if (box < low).any() or (box > high).any():
+        shown = [float(f"{value:.6g}") for value in box]
+        raise MetaPoseError(f"{where}: the box {shown} reaches more than "
+                            f"{BOX_REACH:g} frame sizes beyond the {width}x{height} frame (allowed: "
+                            f"x in [{low[0]:g}, {high[0]:g}], y in [{low[1]:g}, {high[1]:g}]). "
                             "Check that it is in pixels of this frame.")
     return box
 

@@ -6,8 +6,10 @@ input frame. H36M order is the project's joint order (utils/skeleton.py, docs/me
 
 import numpy as np
 
+from inference.missing_joints import (COCO_ANCHORS, COCO_TEMPLATE, H36M_ANCHORS,
+                                      h36m_template, impute_missing, missing_mask, usable)
 from utils.errors import MetaPoseError
-from utils.skeleton import NUM_JOINTS
+from utils.skeleton import JOINT_NAMES, NUM_JOINTS
 
 # COCO-17 keypoint order (the order of every COCO-trained 2D detector, HRNet's head included).
 COCO_NAMES = (
@@ -70,7 +72,24 @@ def coco_to_h36m(keypoints, scores=None):
     return converted, h36m_scores
 
 
-def check_keypoints(values, width, height, where, keypoint_format="h36m", margin=0.25):
+def joint_names(keypoint_format):
+    """The 17 joint names of an order: COCO-17 ("coco") or H36M-17 ("h36m")."""
+    return COCO_NAMES if keypoint_format == "coco" else JOINT_NAMES
+
+
+def h36m_missing(coco_missing):
+    """(..., 17) H36M mask from a COCO mask: an H36M joint is missing when any COCO joint it is
+    made from is (it was computed from an imputed position)."""
+    coco_missing = np.asarray(coco_missing, dtype=bool)
+    used = COCO_TO_H36M_WEIGHTS != 0
+    return np.stack([coco_missing[..., row].any(axis=-1) for row in used], axis=-1)
+
+
+def _count_phrase(count, what):
+    return f"{count} {what}" if count else ""
+
+
+def check_keypoints(values, width, height, where, keypoint_format="h36m", threshold=0.0):
     """Validates one person's 2D joints from a user file and returns them in H36M order.
 
     Args:
@@ -78,52 +97,72 @@ def check_keypoints(values, width, height, where, keypoint_format="h36m", margin
         width, height: the frame size in pixels.
         where: names the file and entry in messages.
         keypoint_format: "coco" (COCO-17 order) or "h36m" (H36M-17 order).
-        margin: joints may lie this fraction of the frame size outside the frame (a limb cut by
-            the border); farther out is an error.
+        threshold: --kpt-thr; a joint whose confidence is not above it is missing.
     Returns:
-        (17, 2) float64 H36M-order pixels and (17,) scores (None without a third column).
+        (17, 2) float64 H36M-order pixels, with every missing joint imputed
+        (inference/missing_joints.py); (17,) scores (None without a third column); (17,) bool
+        H36M mask of the missing joints (a joint derived from a missing COCO joint is missing).
     Raises:
-        MetaPoseError naming `where` for a wrong count, non-numbers, NaN/Inf, negative scores,
-        joints far outside the frame or coordinates that look normalised instead of pixels.
+        MetaPoseError naming `where` (and the joint by name) for a wrong count, non-numbers,
+        NaN/Inf, negative scores, coordinates that look normalised instead of pixels, or fewer
+        than two usable joints.
     """
     if keypoint_format not in KEYPOINT_FORMATS:
         raise MetaPoseError(f"{where}: keypoint format {keypoint_format!r} is not one of "
                             f"{', '.join(KEYPOINT_FORMATS)} (COCO-17 or H36M-17 order).")
     try:
         array = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise MetaPoseError(f"{where}: the keypoints are not a list of [x, y] or [x, y, score] "
                             "numbers.") from None
     if array.ndim != 2 or array.shape[1] not in (2, 3):
         raise MetaPoseError(f"{where}: the keypoints have shape {array.shape}; expected "
                             f"{NUM_JOINTS} rows of [x, y] or [x, y, score] pixels.")
+    order = "COCO-17" if keypoint_format == "coco" else "H36M-17"
     if array.shape[0] != NUM_JOINTS:
-        order = "COCO-17" if keypoint_format == "coco" else "H36M-17"
         raise MetaPoseError(f"{where}: {array.shape[0]} joints given, but the {order} order "
                             f"has {NUM_JOINTS}. Give all {NUM_JOINTS} joints (COCO-17 or H36M-17, "
-                            "say which with --keypoint-format or the file's \"format\").")
+                            "say which with --keypoint-format or the file's \"format\"), "
+                            "[0, 0, 0] for a joint you do not have.")
+    names = joint_names(keypoint_format)
     if not np.isfinite(array).all():
         row = int(np.argwhere(~np.isfinite(array))[0, 0])
-        raise MetaPoseError(f"{where}: joint {row} is {array[row].tolist()}, not finite (NaN "
-                            "or Inf). Give every joint a position (a guess for an occluded "
-                            "joint, with a low score).")
+        raise MetaPoseError(f"{where}: joint '{names[row]}' ({order} #{row}) is "
+                            f"{array[row].tolist()}, not finite (NaN or Inf). Give [0, 0, 0] "
+                            "(or a score below --kpt-thr) for a joint you do not have.")
     points = array[:, :2]
-    scores = array[:, 2] if array.shape[1] == 3 else None
+    scores = array[:, 2].copy() if array.shape[1] == 3 else None
     if scores is not None and (scores < 0).any():
-        raise MetaPoseError(f"{where}: negative keypoint scores {scores[scores < 0].tolist()}; "
-                            "the third column must be a confidence >= 0.")
-    if max(width, height) > 16 and np.abs(points).max() <= 1.5:
+        row = int(np.flatnonzero(scores < 0)[0])
+        raise MetaPoseError(f"{where}: joint '{names[row]}' ({order} #{row}) has the negative "
+                            f"score {scores[row]:g}; the third column must be a confidence >= 0.")
+    missing = missing_mask(points, scores, width, height, threshold)
+    visible = points[~missing]
+    if max(width, height) > 16 and len(visible) >= 2 and np.abs(visible).max() <= 1.5:
         raise MetaPoseError(f"{where}: every coordinate lies within [-1.5, 1.5] on a "
                             f"{width}x{height} frame: these look like normalised coordinates. "
                             "Give the joints in pixels of the input frame.")
-    low = -margin * np.array([width, height])
-    high = np.array([width, height]) * (1.0 + margin)
-    outside = ((points < low) | (points > high)).any(axis=1)
-    if outside.any():
-        row = int(np.flatnonzero(outside)[0])
-        raise MetaPoseError(f"{where}: joint {row} at {points[row].round(1).tolist()} lies far "
-                            f"outside the {width}x{height} frame (more than {margin:.0%} of its "
-                            "size). Check that the joints are pixels of this frame.")
+
+    if not usable(points, missing):
+        zeros = (points == 0).all(axis=1)
+        outside = missing_mask(points, None, width, height, threshold) & ~zeros
+        low = int(missing.sum() - zeros.sum() - outside.sum())
+        zero, outside = int(zeros.sum()), int(outside.sum())
+        reasons = [phrase for phrase in (
+            _count_phrase(low, f"have a score not above --kpt-thr {threshold:g}"),
+            _count_phrase(outside, f"lie outside the {width}x{height} frame"),
+            _count_phrase(zero, "are given as [0, 0]")) if phrase]
+        kept = [names[j] for j in np.flatnonzero(~missing)]
+        raise MetaPoseError(
+            f"{where}: of the {NUM_JOINTS} joints, " + "; ".join(reasons) + f", which leaves "
+            f"{', '.join(kept) if kept else 'none'}: at least two joints at distinct places "
+            "are needed to place the missing ones. Check that the joints are pixels of this "
+            "frame, lower --kpt-thr, or leave this person out of the file.")
+
     if keypoint_format == "coco":
-        return coco_to_h36m(points, scores) if scores is not None else (coco_to_h36m(points), None)
-    return points.copy(), None if scores is None else scores.copy()
+        filled = impute_missing(points, missing, COCO_TEMPLATE, COCO_ANCHORS)
+        converted, h36m_scores = (coco_to_h36m(filled, scores) if scores is not None
+                                  else (coco_to_h36m(filled), None))
+        return converted, h36m_scores, h36m_missing(missing)
+    filled = impute_missing(points, missing, h36m_template(), H36M_ANCHORS)
+    return filled, scores, missing

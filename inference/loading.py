@@ -15,6 +15,7 @@ from utils.checkpoint import load_checkpoint, load_model_state, load_model_weigh
 from utils.cli import resolve_device
 from utils.config import CHOICES, config_from_mapping, load_config
 from utils.errors import MetaPoseError
+from utils.input_files import file_problem, require_file
 from utils.skeleton import ACTION_IDS, ACTION_NAMES
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,57 +144,88 @@ def config_for_checkpoint(checkpoint, info, path, config_path=None, overrides=()
     return load_config(PAPER_CONFIG, flags + overrides)
 
 
-def _existing_file(path):
-    """`path` as given, or relative to the repository, if it names a file; else None."""
+def _existing_file(path, flag=None):
+    """`path` as given, or relative to the repository, if it names a regular file; else None
+    (or, with `flag`, a MetaPoseError that says what the path is instead)."""
     if path is None:
         return None
-    for candidate in (os.fspath(path), os.path.join(REPO_ROOT, os.fspath(path))):
-        if os.path.isfile(candidate):
+    candidates = (os.fspath(path), os.path.join(REPO_ROOT, os.fspath(path)))
+    for candidate in candidates:
+        if file_problem(candidate) is None:
             return candidate
+    if flag is not None:
+        require_file(candidates[0], f"HRNet file ({flag})",
+                     "Pass the official COCO pose_hrnet file that holds the heatmap head.")
     return None
+
+
+RANDOM_HEAD_WARNING = (
+    "the model's HRNet was randomly initialised (model.image_encoder.pretrained: null), so its "
+    "heatmap head is random too: the 2D joints it gives mean nothing. Give 2D joints with "
+    "--keypoints for real use.")
 
 
 @dataclass
 class KeypointHead:
-    """The HRNet COCO heatmap head and where it came from (or why there is none)."""
+    """The HRNet COCO heatmap head and where it came from (or why there is none); `warning` is
+    said once, when the head is first used."""
 
     module: Optional[nn.Module]
     source: str
+    warning: Optional[str] = None
+
+
+@dataclass
+class HeadPlan:
+    """Where the heatmap head would come from, known before any model is built: `path` (an
+    official file), `random` (a random HRNet's random head) or neither (`reason` says why)."""
+
+    path: Optional[str]
+    random: bool
+    reason: str
+
+    @property
+    def available(self):
+        return self.path is not None or self.random
+
+
+def plan_keypoint_head(config, head_file=None):
+    """The HeadPlan of a config: 1. `head_file` (an official pose_hrnet file; --hrnet), else the
+    config's image_encoder.pretrained file when it exists; 2. a model trained with a random HRNet
+    (pretrained: null, the demo and the tests): a random head; 3. otherwise none.
+
+    Raises:
+        MetaPoseError when `head_file` is given but is not a readable regular file.
+    """
+    pretrained = config.model.image_encoder.pretrained
+    path = _existing_file(head_file if head_file is not None else pretrained,
+                          "--hrnet" if head_file is not None else None)
+    if path is not None:
+        return HeadPlan(path, False, f"heatmap head of '{path}'")
+    if pretrained is None:
+        return HeadPlan(None, True, "random heatmap head (random HRNet)")
+    return HeadPlan(None, False, f"the HRNet file '{pretrained}' (model.image_encoder.pretrained), "
+                                 "which holds the heatmap head, is not here")
 
 
 def find_keypoint_head(config, image_encoder, head_file=None):
-    """The heatmap head that fits the model's HRNet.
-
-    1. `head_file` (an official pose_hrnet file), else the config's image_encoder.pretrained
-       file when it exists: its `final_layer` (a warning when the checkpoint's HRNet differs
-       from the file's, e.g. trained unfrozen);
-    2. a model trained with a random HRNet (pretrained: null, the demo and the tests): a random
-       head with the official initialisation (2D joints without meaning, but the chain runs);
-    3. otherwise none: 2D joints must then be given (--keypoints), and `source` says why.
-    """
+    """The heatmap head that fits the model's HRNet (see `plan_keypoint_head`). A head read from
+    a file whose HRNet differs from the checkpoint's (trained unfrozen, or another file) and a
+    random head carry a warning, said when the head is used."""
     from models.hrnet import build_keypoint_head, load_keypoint_head
 
+    plan = plan_keypoint_head(config, head_file)
     width = image_encoder.width
-    pretrained = config.model.image_encoder.pretrained
-    path = _existing_file(head_file if head_file is not None else pretrained)
-    if head_file is not None and path is None:
-        raise MetaPoseError(f"HRNet file '{head_file}' (--hrnet) not found; pass the official "
-                            "COCO pose_hrnet file that holds the heatmap head.")
-    if path is not None:
-        head, same = load_keypoint_head(path, width, trunk=image_encoder)
-        if not same:
-            warnings.warn(f"the checkpoint's HRNet differs from '{path}' (trained unfrozen, or "
-                          "another file): that file's heatmap head may not fit it, so check the "
-                          "2D joints or give your own.", stacklevel=2)
-        return KeypointHead(head, f"heatmap head of '{path}'")
-    if pretrained is None:
-        warnings.warn("the model's HRNet was randomly initialised (model.image_encoder."
-                      "pretrained: null), so its heatmap head is random too: the 2D joints it "
-                      "gives mean nothing. Give 2D joints with --keypoints for real use.",
-                      stacklevel=2)
-        return KeypointHead(build_keypoint_head(width), "random heatmap head (random HRNet)")
-    return KeypointHead(None, f"the HRNet file '{pretrained}' (model.image_encoder.pretrained), "
-                              "which holds the heatmap head, is not here")
+    if plan.path is not None:
+        head, same = load_keypoint_head(plan.path, width, trunk=image_encoder)
+        warning = None if same else (
+            f"the checkpoint's HRNet differs from '{plan.path}' (trained unfrozen, or another "
+            "file): that file's heatmap head may not fit it, so check the 2D joints or give your "
+            "own.")
+        return KeypointHead(head, plan.reason, warning)
+    if plan.random:
+        return KeypointHead(build_keypoint_head(width), plan.reason, RANDOM_HEAD_WARNING)
+    return KeypointHead(None, plan.reason)
 
 
 @dataclass
@@ -209,6 +241,47 @@ class LoadedModel:
     keypoint_head: KeypointHead
 
 
+@dataclass
+class CheckpointFile:
+    """A checkpoint read and understood, before any model is built: its weights, what they are
+    (utils.checkpoint.load_model_state) and the config to build their model with."""
+
+    path: str
+    state: dict
+    info: object
+    config: object
+
+
+def read_trained_checkpoint(checkpoint, config_path=None, overrides=()):
+    """Reads any accepted checkpoint (see `load_trained_model`) and its config, building nothing:
+    tools/infer.py checks the action and the heatmap head against this before it builds.
+
+    Raises:
+        MetaPoseError for a missing or unreadable file, a file that is not a MetaPose
+        checkpoint, or a config it does not fit.
+    """
+    path = os.fspath(checkpoint)
+    loaded = load_checkpoint(path)
+    state, info = load_model_state(loaded, path)
+    _looks_like_metapose(state, path)
+    config = config_for_checkpoint(loaded, info, path, config_path, overrides)
+    return CheckpointFile(path, state, info, config)
+
+
+def build_trained_model(checkpoint_file, device="cpu", head_file=None):
+    """The LoadedModel of a CheckpointFile (its `state` is released)."""
+    device = resolve_device(device)
+    from models import build_model  # heavy: imported once the input is known to be good
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no random-initialisation warnings: weights come next
+        model = build_model(checkpoint_file.config, weights_from_checkpoint=True)
+    load_model_weights(model, checkpoint_file.state, checkpoint_file.path, checkpoint_file.info)
+    checkpoint_file.state = None
+    return prepare_for_inference(model, checkpoint_file.config, checkpoint_file.info,
+                                 checkpoint_file.path, device, head_file)
+
+
 def load_trained_model(checkpoint, config_path=None, overrides=(), device="cpu", head_file=None):
     """Loads any accepted checkpoint (this project's best.pt / last.pt, a weights file written by
     tools/convert_published_checkpoint.py, a published train.py file, or a plain state dict
@@ -218,21 +291,9 @@ def load_trained_model(checkpoint, config_path=None, overrides=(), device="cpu",
         MetaPoseError for a missing or unreadable file, a file that is not a MetaPose
         checkpoint, a config it does not fit, or CUDA asked for but not available.
     """
-    path = os.fspath(checkpoint)
-    device = resolve_device(device)
-    loaded = load_checkpoint(path)
-    state, info = load_model_state(loaded, path)
-    _looks_like_metapose(state, path)
-    config = config_for_checkpoint(loaded, info, path, config_path, overrides)
-    del loaded
-    from models import build_model  # heavy: imported once the input is known to be good
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no random-initialisation warnings: weights come next
-        model = build_model(config, weights_from_checkpoint=True)
-    load_model_weights(model, state, path, info)
-    del state
-    return prepare_for_inference(model, config, info, path, device, head_file)
+    resolve_device(device)
+    return build_trained_model(read_trained_checkpoint(checkpoint, config_path, overrides),
+                               device, head_file)
 
 
 def prepare_for_inference(model, config, info=None, path="(in memory)", device="cpu",

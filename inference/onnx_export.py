@@ -7,7 +7,8 @@ data.image_size; `keypoints_2d` (B, 17, 2) normalised screen coordinates of the 
 for a joint_action model exported without a fixed action, `action` (B,) int64: a row of the
 text table, whose names (row 0 "all" = the mean of the 15 actions, then the actions in H36M id
 order) are in the model's metadata `text_rows`. Output `joints_3d` (B, 17, 3) metres, H36M order,
-camera axes. The batch axis is dynamic. Neither CLIP nor the tokenizer is in the graph; the HRNet
+camera axes, root-relative (joint 0 at 0, 0, 0; the metadata `joints_3d` says so), or with
+`raw_output` the network's own output (joint 0 near 0). The batch axis is dynamic. Neither CLIP nor the tokenizer is in the graph; the HRNet
 heatmap head is not exported (2D joints are inputs).
 """
 
@@ -30,23 +31,30 @@ DEFAULT_OPSET = 17
 TOLERANCE_M = 1e-4
 
 
+ROOT_RELATIVE = "metres, H36M order, camera axes, root-relative (joint 0 at 0, 0, 0)"
+RAW_OUTPUT = "metres, H36M order, camera axes, the network's raw output (joint 0 near, not at, 0)"
+
+
 class ExportedMetaPose(nn.Module):
     """The network as the graph sees it: the evaluation's prediction (models/flip_test.predict,
-    with or without the flip test) of a MetaPose whose text encoder is a constant table."""
+    with or without the flip test) of a MetaPose whose text encoder is a constant table, made
+    root-relative unless `raw_output` (as every inference output)."""
 
-    def __init__(self, model, flip_test, with_action):
+    def __init__(self, model, flip_test, with_action, raw_output=False):
         super().__init__()
         self.model, self.flip_test, self.with_action = model, bool(flip_test), bool(with_action)
+        self.raw_output = bool(raw_output)
 
     def forward(self, images, keypoints_2d, keypoints_2d_crop, action=None):
         if action is None:  # a one-row table
             action = torch.zeros_like(keypoints_2d[:, 0, 0], dtype=torch.long)
         inputs = {"images": images, "keypoints_2d": keypoints_2d,
                   "keypoints_2d_crop": keypoints_2d_crop, "actions": action}
-        return predict(self.model, inputs, self.flip_test, "none")
+        joints = predict(self.model, inputs, self.flip_test, "none")
+        return joints if self.raw_output else joints - joints[:, :1]
 
 
-def exported_module(loaded, action=None, flip_test=False):
+def exported_module(loaded, action=None, flip_test=False, raw_output=False):
     """ExportedMetaPose of a LoadedModel: with `action` (a name or "all") the table is cut to that
     row and the graph has no action input; joint_action without `action` keeps every row.
 
@@ -58,13 +66,13 @@ def exported_module(loaded, action=None, flip_test=False):
             raise MetaPoseError(f"--action {action!r}: this model's text mode is joint (no action "
                                 "in its text), so there is no action to fix; export without "
                                 "--action.")
-        return ExportedMetaPose(loaded.model, flip_test, with_action=False), table.names
+        return ExportedMetaPose(loaded.model, flip_test, False, raw_output), table.names
     if action is not None:
         name = resolve_action(action, loaded.text_mode)
         row = table.row(name)
         loaded.model.text_encoder = TextFeatureTable(table.features[row:row + 1], (name,))
-        return ExportedMetaPose(loaded.model, flip_test, with_action=False), (name,)
-    return ExportedMetaPose(loaded.model, flip_test, with_action=True), table.names
+        return ExportedMetaPose(loaded.model, flip_test, False, raw_output), (name,)
+    return ExportedMetaPose(loaded.model, flip_test, True, raw_output), table.names
 
 
 def example_inputs(config, batch, rows, generator):
@@ -87,7 +95,7 @@ def _require_onnx():
 
 
 def export_onnx(loaded, out_path, action=None, flip_test=False, opset=DEFAULT_OPSET,
-                check_batches=(2, 3)):
+                check_batches=(2, 3), raw_output=False):
     """Writes the ONNX file `out_path` (atomically, only once it passed the check) and returns
     {"rows", "inputs", "max_abs_diff_m", "bytes"}.
 
@@ -105,7 +113,7 @@ def export_onnx(loaded, out_path, action=None, flip_test=False, opset=DEFAULT_OP
     import onnx
     import onnxruntime
 
-    module, rows = exported_module(loaded, action, flip_test)
+    module, rows = exported_module(loaded, action, flip_test, raw_output)
     module = module.cpu().eval()
     names = ["images", "keypoints_2d", "keypoints_2d_crop"] + (["action"] if module.with_action
                                                                else [])
@@ -132,7 +140,9 @@ def export_onnx(loaded, out_path, action=None, flip_test=False, opset=DEFAULT_OP
                                 f"{type(error).__name__}: {text[0] if text else ''}") from None
     graph = onnx.load_from_string(exported.getvalue())
     onnx.checker.check_model(graph)
-    metadata = {"text_rows": ",".join(rows), "joints_3d": "metres, H36M order, camera axes",
+    metadata = {"text_rows": ",".join(rows),
+                "joints_3d": RAW_OUTPUT if raw_output else ROOT_RELATIVE,
+                "root_relative": str(not raw_output).lower(),
                 "flip_test": str(bool(flip_test)).lower(),
                 "image_size": "x".join(str(v) for v in loaded.config.data.image_size),
                 "source": os.path.basename(loaded.path)}

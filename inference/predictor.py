@@ -4,11 +4,14 @@ For each person of a frame: a box (given, detected, or the whole frame) -> the d
 192x256 crop (datasets/images.py) resized to data.image_size -> 2D joints (given, or decoded from
 the HRNet's COCO heatmaps and converted to H36M) -> both model coordinates of those joints
 (normalised screen coordinates of the input frame and crop pixels) -> the evaluation's
-prediction function (models/flip_test.predict), so inference and evaluation cannot drift apart.
-The CLI (tools/infer.py), the tests, the benchmark and notebooks all call this class.
+prediction function (models/flip_test.predict), so inference and evaluation cannot drift apart
+-> joints_3d made root-relative (joint 0 at the origin; the network's output stays in
+joints_3d_raw). The CLI (tools/infer.py), the tests, the benchmark and notebooks all call this class.
 """
 
 import contextlib
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,68 +22,18 @@ from torch import nn
 from datasets.camera import pixels_to_screen
 from datasets.images import (crop_from_full_frame, crop_to_full_frame, full_frame_to_crop,
                              read_image, resize_image)
-from inference.boxes import (DEFAULT_BOX_PADDING, box_to_center_scale, check_box, keypoint_box,
-                             whole_frame_box)
+from inference.boxes import DEFAULT_BOX_PADDING, box_to_center_scale, keypoint_box, whole_frame_box
 from inference.heatmaps import decode_heatmaps, heatmap_to_crop
-from inference.keypoints import check_keypoints, coco_to_h36m
+from inference.keypoints import coco_to_h36m, h36m_missing
 from inference.loading import load_trained_model, prepare_for_inference, resolve_action
+from inference.missing_joints import (COCO_ANCHORS, COCO_TEMPLATE, impute_missing, missing_mask,
+                                      usable)
+from inference.people import FrameRequest, Person, checked_image, checked_request  # noqa: F401
 from models.flip_test import predict
 from utils.errors import MetaPoseError
 from utils.flip import flip_images
 from utils.geometry import normalize_images
 from utils.precision import autocast_context
-
-
-@dataclass
-class Person:
-    """One person of one frame. Joint order H36M (utils/skeleton.py) everywhere.
-
-    joints_3d: (17, 3) metres, camera axes (x right, y down, z forward), relative to the root as
-        the model predicts it (the evaluation's prediction: joint 0 near 0, exactly 0 with
-        model.root_shift=true).
-    joints_2d: (17, 2) pixels of the input frame: the 2D joints the model was given.
-    box: (4,) [x1, y1, x2, y2] pixels of the input frame (before padding).
-    score: the box's confidence (detector score, or from the boxes file), else None.
-    joints_2d_scores: (17,) per-joint confidence (HRNet heatmap maxima, or the keypoint file's
-        third column), else None.
-    joints_2d_source: "user" (given) or "hrnet" (the heatmap head).
-    """
-
-    joints_3d: np.ndarray
-    joints_2d: np.ndarray
-    box: np.ndarray
-    score: Optional[float] = None
-    joints_2d_scores: Optional[np.ndarray] = None
-    joints_2d_source: str = "user"
-
-    def to_json(self):
-        """The person's record of predictions.json (README "Use a trained model")."""
-        def rounded(array, digits):
-            return None if array is None else np.round(np.asarray(array, np.float64),
-                                                       digits).tolist()
-        return {"box": rounded(self.box, 2), "score": None if self.score is None
-                else round(float(self.score), 4),
-                "joints_2d": rounded(self.joints_2d, 2),
-                "joints_2d_scores": rounded(self.joints_2d_scores, 4),
-                "joints_2d_source": self.joints_2d_source,
-                "joints_3d": rounded(self.joints_3d, 6)}
-
-
-@dataclass
-class FrameRequest:
-    """One frame and what is known about its people (validated: see `Predictor.request`).
-
-    image: (H, W, 3) uint8 RGB. boxes: (N, 4) pixels or None; box_scores: (N,) or None.
-    keypoints: (N, 17, 2) H36M-order pixels or None; keypoint_scores: (N, 17) or None.
-    action: the text action of this frame (None: the predictor's).
-    """
-
-    image: np.ndarray
-    boxes: Optional[np.ndarray] = None
-    box_scores: Optional[np.ndarray] = None
-    keypoints: Optional[np.ndarray] = None
-    keypoint_scores: Optional[np.ndarray] = None
-    action: Optional[str] = None
 
 
 @dataclass
@@ -92,7 +45,9 @@ class _Crop:
     row: int
     keypoints: Optional[np.ndarray]
     keypoint_scores: Optional[np.ndarray]
+    keypoint_missing: Optional[np.ndarray]
     score: Optional[float]
+    frame_size: tuple
     source: str = "user"
     result: Optional[Person] = None
 
@@ -141,14 +96,19 @@ class Predictor:
             keypoints (else the whole frame is the box).
         amp: autocast on CUDA ("none" | "bf16" | "fp16"); default the config's speed.amp, as
             evaluation.
+        kpt_thr: a 2D joint whose confidence (the keypoint file's third column, or the HRNet
+            heatmap maximum) is not above it is missing (inference/missing_joints.py); 0 keeps
+            every joint with a positive confidence.
     """
 
     def __init__(self, loaded, action=None, flip_test=False, batch_size=32,
-                 box_padding=DEFAULT_BOX_PADDING, detector=None, amp=None):
+                 box_padding=DEFAULT_BOX_PADDING, detector=None, amp=None, kpt_thr=0.0):
         if not int(batch_size) >= 1:
             raise MetaPoseError(f"batch size {batch_size} must be at least 1.")
-        if not float(box_padding) > 0:
-            raise MetaPoseError(f"box padding {box_padding} must be positive (1 = the box itself).")
+        if not (math.isfinite(float(box_padding)) and float(box_padding) > 0):
+            raise MetaPoseError(f"box padding {box_padding} must be a positive number (1 = the "
+                                "box itself).")
+        self.kpt_thr = finite_threshold(kpt_thr)
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
@@ -161,6 +121,7 @@ class Predictor:
         self.box_padding = float(box_padding)
         self.detector = detector
         self.amp = self.config.speed.amp if amp is None else amp
+        self._head_warned = False
 
     @classmethod
     def from_checkpoint(cls, checkpoint, config=None, overrides=(), device="cpu", hrnet=None,
@@ -193,50 +154,30 @@ class Predictor:
     # -- checking user input ----------------------------------------------------------------
 
     def request(self, image, boxes=None, keypoints=None, keypoint_format="h36m",
-                box_scores=None, action=None, where="input"):
-        """A validated FrameRequest from user values.
+                box_scores=None, action=None, where="input", kpt_thr=None):
+        """A checked FrameRequest from user values (inference/people.py `checked_request`).
 
         image: (H, W, 3) uint8 RGB array or an image path. boxes: N boxes [x1, y1, x2, y2] in
         frame pixels. keypoints: N people of 17 joints, [x, y] or [x, y, score] pixels, in
-        `keypoint_format` ("coco" or "h36m") order; with both, person i has box i.
+        `keypoint_format` ("coco" or "h36m") order; with both, person i has box i. kpt_thr:
+        this frame's threshold (default the predictor's).
         Raises MetaPoseError naming `where` for anything malformed.
         """
         if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
             image = read_image(image)
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or \
-                min(image.shape[:2]) < 2:
-            raise MetaPoseError(f"{where}: expected an (H, W, 3) uint8 RGB image, got "
-                                f"{image.dtype} of shape {image.shape}.")
+        image = checked_image(image, where)
         height, width = image.shape[:2]
-        request = FrameRequest(image=image, action=action)
-        if boxes is not None:
-            request.boxes = np.stack([check_box(box, width, height, f"{where}, box {i}")
-                                      for i, box in enumerate(boxes)]) if len(boxes) else \
-                np.zeros((0, 4))
-            if box_scores is not None:
-                request.box_scores = np.asarray(box_scores, dtype=np.float64).reshape(-1)
-                if request.box_scores.shape != (len(request.boxes),):
-                    raise MetaPoseError(f"{where}: {request.box_scores.size} box scores for "
-                                        f"{len(request.boxes)} boxes.")
-        if keypoints is not None:
-            checked = [check_keypoints(person, width, height, f"{where}, person {i}",
-                                       keypoint_format) for i, person in enumerate(keypoints)]
-            if request.boxes is not None and len(request.boxes) != len(checked):
-                raise MetaPoseError(f"{where}: {len(request.boxes)} boxes but {len(checked)} "
-                                    "people with keypoints; person i takes box i, so give as "
-                                    "many of each (or no boxes).")
-            request.keypoints = np.stack([points for points, _ in checked]) if checked else \
-                np.zeros((0, 17, 2))
-            if checked and all(scores is not None for _, scores in checked):
-                request.keypoint_scores = np.stack([scores for _, scores in checked])
+        request = checked_request(width, height, boxes, keypoints, keypoint_format, box_scores,
+                                  action, where,
+                                  self.kpt_thr if kpt_thr is None else finite_threshold(kpt_thr))
+        request.image = image
         return request
 
     def __call__(self, image, boxes=None, keypoints=None, keypoint_format="h36m",
-                 box_scores=None, action=None):
+                 box_scores=None, action=None, kpt_thr=None):
         """The people of one image (see `request` for the arguments) -> list of Person."""
         return self.predict_frames([self.request(image, boxes, keypoints, keypoint_format,
-                                                 box_scores, action)])[0]
+                                                 box_scores, action, kpt_thr=kpt_thr)])[0]
 
     # -- the chain ----------------------------------------------------------------------------
 
@@ -264,9 +205,12 @@ class Predictor:
                 keypoints = None if request.keypoints is None else request.keypoints[person]
                 keypoint_scores = None if request.keypoint_scores is None else \
                     request.keypoint_scores[person]
+                missing = None if request.keypoint_missing is None else \
+                    request.keypoint_missing[person]
                 crops.append(_Crop(index, np.asarray(box, np.float64), center, scale, row,
-                                   keypoints, keypoint_scores,
-                                   None if scores is None else float(scores[person])))
+                                   keypoints, keypoint_scores, missing,
+                                   None if scores is None else float(scores[person]),
+                                   (width, height)))
         return crops
 
     def predict_frames(self, requests):
@@ -310,24 +254,52 @@ class Predictor:
         with reuse:
             pose = predict(self.model, inputs, self.flip_test, self.amp).float().cpu().numpy()
         for crop, joints in zip(crops, pose.astype(np.float64)):
-            crop.result = Person(joints_3d=joints, joints_2d=crop.keypoints, box=crop.box,
-                                 score=crop.score, joints_2d_scores=crop.keypoint_scores,
-                                 joints_2d_source=crop.source)
+            missing = crop.keypoint_missing if crop.keypoint_missing is not None else \
+                np.zeros(len(joints), dtype=bool)
+            crop.result = Person(joints_3d=joints - joints[:1], joints_3d_raw=joints,
+                                 joints_2d=crop.keypoints, box=crop.box, score=crop.score,
+                                 joints_2d_scores=crop.keypoint_scores,
+                                 joints_2d_source=crop.source, joints_2d_missing=missing)
 
     def _keypoints_from_heatmaps(self, crops, needs_2d, features):
-        """Fills the crops without 2D joints from the HRNet COCO heatmap head."""
+        """Fills the crops without 2D joints from the HRNet COCO heatmap head. A joint whose
+        heatmap maximum is not above kpt_thr, or that lies outside the frame, is missing and
+        imputed like a user's; with fewer than two confident joints the head's own estimates
+        are kept (all marked missing)."""
         head = self.loaded.keypoint_head
         if head.module is None:
             raise MetaPoseError(
                 "no 2D joints were given and this model has no HRNet heatmap head to estimate "
                 f"them: {head.source}. Give the joints with --keypoints (COCO-17 or H36M-17 "
                 "pixels from any 2D detector), or the official COCO pose_hrnet file with --hrnet.")
+        if head.warning and not self._head_warned:
+            warnings.warn(head.warning, stacklevel=4)
+            self._head_warned = True
         heatmaps = head.module(features.float())
         coords, maxima = decode_heatmaps(heatmaps)
         coords = heatmap_to_crop(coords, heatmaps.shape[-2:]).cpu().numpy()
         maxima = maxima.cpu().numpy()
         for crop, needed, points, peak in zip(crops, needs_2d, coords, maxima):
-            if needed:
-                frame_points = crop_to_full_frame(points, crop.center, crop.scale)
-                crop.keypoints, crop.keypoint_scores = coco_to_h36m(frame_points, peak)
-                crop.source = "hrnet"
+            if not needed:
+                continue
+            frame_points = crop_to_full_frame(points, crop.center, crop.scale)
+            missing = missing_mask(frame_points, peak, *crop.frame_size, self.kpt_thr)
+            if usable(frame_points, missing):
+                frame_points = impute_missing(frame_points, missing, COCO_TEMPLATE, COCO_ANCHORS)
+            else:
+                missing = np.ones_like(missing)
+            crop.keypoints, crop.keypoint_scores = coco_to_h36m(frame_points, peak)
+            crop.keypoint_missing = h36m_missing(missing)
+            crop.source = "hrnet"
+
+
+def finite_threshold(value):
+    """A keypoint confidence threshold as a float; MetaPoseError unless it is a finite number."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise MetaPoseError(f"keypoint threshold {value!r} must be a finite number (a joint "
+                            "whose confidence is not above it is missing).")
+    return number

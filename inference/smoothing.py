@@ -6,12 +6,15 @@ unchanged away from the ends; at a track's ends the window is cut and renormalis
 """
 
 import dataclasses
+import math
 
 import numpy as np
 
 from inference.boxes import box_iou
+from utils.errors import MetaPoseError
 
 DEFAULT_MIN_IOU = 0.3
+MAX_SIGMA = 1000.0  # frames; a wider window is a whole video's mean (documented in --smooth)
 
 
 def link_tracks(frames, min_iou=DEFAULT_MIN_IOU):
@@ -40,13 +43,28 @@ def link_tracks(frames, min_iou=DEFAULT_MIN_IOU):
     return tracks
 
 
+def check_sigma(sigma, where="--smooth"):
+    """`sigma` as a float in [0, MAX_SIGMA] frames, else a MetaPoseError naming `where`."""
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_SIGMA):
+        raise MetaPoseError(f"{where} {sigma!r} must be a number of frames between 0 (off) and "
+                            f"{MAX_SIGMA:g}; it is the standard deviation of the Gaussian "
+                            "filter over each person's track.")
+    return value
+
+
 def gaussian_smooth(series, sigma):
     """(T, ...) values smoothed along axis 0 with a centred Gaussian of `sigma` frames (window
-    +-3 sigma, cut and renormalised at the ends); sigma <= 0 returns a copy."""
+    +-3 sigma, cut and renormalised at the ends, never longer than the series); sigma = 0
+    returns a copy. Raises MetaPoseError for a sigma outside [0, MAX_SIGMA]."""
+    sigma = check_sigma(sigma, "smoothing sigma")
     series = np.asarray(series, dtype=np.float64)
-    if sigma <= 0 or len(series) < 2:
+    if sigma == 0 or len(series) < 2:
         return series.copy()
-    radius = int(np.ceil(3 * sigma))
+    radius = min(int(math.ceil(3 * sigma)), len(series) - 1)
     offsets = np.arange(-radius, radius + 1)
     kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
     out = np.empty_like(series)
@@ -57,14 +75,29 @@ def gaussian_smooth(series, sigma):
     return out
 
 
+def with_track_ids(frames, min_iou=DEFAULT_MIN_IOU):
+    """New per-frame lists of Person with `track_id` set: the index of the person's track in
+    `link_tracks` (numbered by first appearance)."""
+    numbered = [list(people) for people in frames]
+    for number, track in enumerate(link_tracks(frames, min_iou)):
+        for f, i in track:
+            numbered[f][i] = dataclasses.replace(frames[f][i], track_id=number)
+    return numbered
+
+
 def smooth_people(frames, sigma, min_iou=DEFAULT_MIN_IOU):
-    """New per-frame lists of Person whose joints_3d and joints_2d are smoothed along their
-    tracks (`sigma` in frames); boxes and scores are kept as predicted."""
+    """New per-frame lists of Person whose 2D and 3D joints are smoothed along their tracks
+    (`sigma` in frames) and whose `track_id` is set; boxes and scores are kept as predicted.
+    Root-relative joints stay root-relative (the filter is linear)."""
+    sigma = check_sigma(sigma, "smoothing sigma")
     smoothed = [list(people) for people in frames]
-    for track in link_tracks(frames, min_iou):
+    for number, track in enumerate(link_tracks(frames, min_iou)):
         people = [frames[f][i] for f, i in track]
         joints_3d = gaussian_smooth([p.joints_3d for p in people], sigma)
         joints_2d = gaussian_smooth([p.joints_2d for p in people], sigma)
-        for (f, i), person, j3, j2 in zip(track, people, joints_3d, joints_2d):
-            smoothed[f][i] = dataclasses.replace(person, joints_3d=j3, joints_2d=j2)
+        raw = [p.joints_3d_raw for p in people]
+        raw = gaussian_smooth(raw, sigma) if all(r is not None for r in raw) else raw
+        for (f, i), person, j3, j2, r3 in zip(track, people, joints_3d, joints_2d, raw):
+            smoothed[f][i] = dataclasses.replace(person, joints_3d=j3, joints_2d=j2,
+                                                 joints_3d_raw=r3, track_id=number)
     return smoothed

@@ -1,25 +1,17 @@
-"""The --boxes and --keypoints JSON files of tools/infer.py (schema in README "Use a trained
-model"): people per frame, keyed by the frame's file name (images, folders) or its 0-based
-index (videos)."""
+"""The --boxes and --keypoints JSON files of tools/infer.py (schema in docs/inference.md): people
+per frame, keyed by the frame's file name (images, folders) or its 0-based index (videos)."""
 
-import json
 import os
 
 from inference.keypoints import KEYPOINT_FORMATS
 from utils.errors import MetaPoseError
+from utils.input_files import shown_path
+from utils.json_files import read_json_file
 
 
 def _read_json(path, flag):
-    if not os.path.isfile(path):
-        raise MetaPoseError(f"{flag} file '{path}' does not exist.")
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as error:
-        raise MetaPoseError(f"{flag} file '{path}' is not valid JSON (line {error.lineno}, "
-                            f"column {error.colno}: {error.msg}).") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise MetaPoseError(f"{flag} file '{path}' cannot be read ({error}).") from None
+    return read_json_file(path, f"{flag} file", "Pass the JSON file of docs/inference.md "
+                                                 f"\"{flag} files\".")
 
 
 class PeopleFile:
@@ -31,8 +23,8 @@ class PeopleFile:
     """
 
     def __init__(self, path, flag):
-        self.path, self.flag = os.fspath(path), flag
-        content = _read_json(self.path, flag)
+        self.path, self.flag = shown_path(os.fspath(path)), flag
+        content = _read_json(os.fspath(path), flag)
         self.format = None
         if isinstance(content, dict) and "frames" in content:
             self.format = content.get("format")
@@ -43,8 +35,7 @@ class PeopleFile:
             self.frames, self.single = {str(key): value for key, value in content.items()}, False
         else:
             raise MetaPoseError(f"{flag} file '{self.path}' holds a {type(content).__name__}; "
-                                "expected {\"frames\": {frame: [people]}} (see README \"Use a "
-                                "trained model\").")
+                                "expected {\"frames\": {frame: [people]}} (see docs/inference.md).")
         for key, people in self.frames.items():
             if not isinstance(people, list):
                 raise MetaPoseError(f"{flag} file '{self.path}': frame {key!r} holds a "

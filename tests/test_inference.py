@@ -99,8 +99,13 @@ def test_predictor_equals_the_evaluation_prediction(tiny_checkpoint, synthetic_f
     predictor = Predictor.from_checkpoint(tiny_checkpoint, box_padding=1.0)
     requests = [predictor.request(path, boxes=[box], keypoints=[points], action=action)
                 for path, box, points, action in frames]
-    got = np.stack([people[0].joints_3d for people in predictor.predict_frames(requests)])
+    results = [people[0] for people in predictor.predict_frames(requests)]
+    got = np.stack([person.joints_3d_raw for person in results])
     assert np.abs(got - expected).max() < 1e-5
+    # joints_3d is that prediction made root-relative: joint 0 exactly at the origin
+    for person, raw in zip(results, expected):
+        assert np.array_equal(person.joints_3d[0], np.zeros(3))
+        assert np.abs(person.joints_3d - (raw - raw[0])).max() < 1e-5
 
     # the CLI with --flip-test, boxes and H36M keypoints from JSON files, equals the flip test
     _, expected_flip = evaluation_path(config, tiny_checkpoint, flip_test=True)
@@ -120,13 +125,14 @@ def test_predictor_equals_the_evaluation_prediction(tiny_checkpoint, synthetic_f
                          str(tmp_path / "keypoints.json"), "--box-padding", "1",
                          "--action", str(action), "--flip-test", "--no-render"], capsys)
     assert status == 0, err
-    records = {r["frame"]: r for r in json.loads((out / "predictions.json").read_text())}
+    records = {r["frame"]: r for r in
+               json.loads((out / "predictions.json").read_text())["frames"]}
     assert sorted(records) == sorted(boxes)
     checked = 0
     for (path, _, _, frame_action), expected_joints in zip(frames, expected_flip):
         if frame_action == action:
             joints = np.array(records[os.path.basename(path)]["people"][0]["joints_3d"])
-            assert np.abs(joints - expected_joints).max() < 1e-5
+            assert np.abs(joints - (expected_joints - expected_joints[0])).max() < 1e-5
             checked += 1
     assert checked >= 1
 
@@ -141,7 +147,7 @@ def test_whole_chain_on_an_image_with_hrnet_2d(tiny_checkpoint, synthetic_frames
     status, err = infer(["--checkpoint", tiny_checkpoint, "--input", path, "--out",
                          str(tmp_path / "out"), "--action", "all"], capsys)
     assert status == 0, err
-    (record,) = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    (record,) = json.loads((tmp_path / "out" / "predictions.json").read_text())["frames"]
     (person,) = record["people"]
     assert record["frame"] == os.path.basename(path)
     assert person["box"] == [-0.5, -0.5, 999.5, 1001.5]  # the whole frame
@@ -177,7 +183,7 @@ def test_video_of_20_frames_gives_an_mp4_and_20_records(tiny_checkpoint, synthet
     status, err = infer(["--checkpoint", tiny_checkpoint, "--input", video, "--out", str(out),
                          "--action", "Walking", "--smooth", "1.5", "--batch-size", "8"], capsys)
     assert status == 0, err
-    records = json.loads((out / "predictions.json").read_text())
+    records = json.loads((out / "predictions.json").read_text())["frames"]
     assert [r["frame"] for r in records] == list(range(20))
     assert all(len(r["people"]) == 1 and np.isfinite(r["people"][0]["joints_3d"]).all()
                for r in records)
@@ -200,8 +206,10 @@ def test_onnx_export_matches_pytorch(tiny_checkpoint, tmp_path, capsys):
         run_cli(export_main, ["--checkpoint", tiny_checkpoint, "--out", out])
     assert exit_info.value.code == 0, capsys.readouterr().err
     session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
-    rows = session.get_modelmeta().custom_metadata_map["text_rows"].split(",")
+    metadata = session.get_modelmeta().custom_metadata_map
+    rows = metadata["text_rows"].split(",")
     assert rows[0] == "all" and rows[1:3] == ["Directions", "Discussion"] and len(rows) == 16
+    assert metadata["root_relative"] == "true" and "joint 0 at 0, 0, 0" in metadata["joints_3d"]
 
     # against the model with its real text encoder (action ids), not the exported table
     loaded = load_trained_model(tiny_checkpoint)
@@ -223,7 +231,16 @@ def test_onnx_export_matches_pytorch(tiny_checkpoint, tmp_path, capsys):
         expected = predict(model.eval(), {"images": images, "keypoints_2d": screen,
                                           "keypoints_2d_crop": crop, "actions": action_ids},
                            False).numpy()
-    assert np.abs(got - expected).max() < 1e-4
+    # the graph's joints_3d is root-relative, as every inference output
+    assert np.abs(got - (expected - expected[:, :1])).max() < 1e-4
+    assert np.abs(got[:, 0]).max() == 0.0
+    # --raw-output keeps the network's own output
+    from inference.onnx_export import exported_module
+
+    raw_module, _ = exported_module(loaded, raw_output=True)
+    with torch.no_grad():
+        raw = raw_module(images, screen, crop, action_ids - 1).numpy()
+    assert np.abs(raw - expected).max() < 1e-4
 
     # what it cannot export is refused, and nothing is written
     for extra, message in ((["--opset", "15"], "opset 16"),

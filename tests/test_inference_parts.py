@@ -82,7 +82,7 @@ def test_head_lies_above_the_eyes_and_scores_take_the_weakest_source():
     (np.zeros((16, 2)) + 50, "16 joints"),
     (np.full((17, 2), np.nan), "not finite"),
     (np.full((17, 2), 0.3), "normalised"),
-    (np.full((17, 2), 5000.0), "far outside"),
+    (np.full((17, 2), 5000.0), "17 lie outside the 640x480 frame"),
     ("junk", "not a list"),
 ])
 def test_keypoint_checks(values, message):

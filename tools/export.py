@@ -2,14 +2,16 @@
 
 Usage:
     python tools/export.py --checkpoint FILE --out FILE.onnx [--config FILE]
-        [--action NAME|all] [--flip-test] [--opset N] [KEY=VALUE ...]
+        [--action NAME|all] [--flip-test] [--raw-output] [--opset N] [KEY=VALUE ...]
 
 The graph holds the HRNet trunk and the pose network; the text features of the prompts are a
 constant table, so it needs neither CLIP nor the tokenizer. joint mode: no action input.
 joint_action: with --action the graph is fixed to that action (or to 'all', the mean of the 15
 actions' text features) and has no action input; without it the graph takes `action` (B,) int64,
 a row of the table named in the metadata `text_rows` ("all", then Directions ... WalkTogether).
-Inputs and units: see inference/onnx_export.py and README "Use a trained model".
+The output `joints_3d` is root-relative (joint 0 at 0, 0, 0), as every inference output; with
+--raw-output it is the network's own output. Inputs and units: see inference/onnx_export.py and
+docs/inference.md "Export".
 """
 
 import argparse
@@ -36,6 +38,8 @@ def build_parser():
                                          "joint_action models only")
     parser.add_argument("--flip-test", action="store_true",
                         help="bake the flip test into the graph (two passes inside)")
+    parser.add_argument("--raw-output", action="store_true",
+                        help="output the network's own 3D joints instead of root-relative ones")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (>= 16 for grid_sample; default {DEFAULT_OPSET})")
     add_overrides_argument(parser)
@@ -59,9 +63,11 @@ def main(argv=None):
         warnings.simplefilter("ignore")  # the random heatmap head's warning: not exported
         loaded = load_trained_model(args.checkpoint, args.config, args.overrides, "cpu")
     report = export_onnx(loaded, args.out, action=args.action, flip_test=args.flip_test,
-                         opset=args.opset)
+                         opset=args.opset, raw_output=args.raw_output)
     inputs = ", ".join(report["inputs"])
-    print(f"wrote {args.out} ({report['bytes'] / 1e6:.1f} MB; inputs {inputs}; text rows "
+    kind = "raw" if args.raw_output else "root-relative"
+    print(f"wrote {args.out} ({report['bytes'] / 1e6:.1f} MB; inputs {inputs}; {kind} joints_3d; "
+          "text rows "
           f"{', '.join(report['rows'])}); onnxruntime vs PyTorch: max |diff| "
           f"{report['max_abs_diff_m']:.2e} m (limit {TOLERANCE_M:g} m)")
     return 0

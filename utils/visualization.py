@@ -208,39 +208,3 @@ def save_samples_png(path, samples, columns=2, dpi=100):
     os.makedirs(directory, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
     return path
-
-
-def draw_frame(image_uint8, joints_2d, joints_3d, title=None, spacing_m=1.0):
-    """An input frame for inference: the frame with every person's 2D skeleton beside their 3D
-    skeletons (no ground truth).
-
-    Args:
-        image_uint8: (H, W, 3) uint8 RGB full frame.
-        joints_2d: list of (17, 2) joints in pixels of that frame, one per person.
-        joints_3d: list of (17, 3) root-relative camera-frame metres, same people; drawn side by
-            side, person i shifted by i * spacing_m along X.
-        title: optional text above the frame.
-    Returns:
-        matplotlib Figure (Agg canvas), the frame panel as wide as the frame's aspect asks.
-    """
-    image = _image_hwc(image_uint8)
-    height, width = image.shape[:2]
-    image_width = min(max(_ROW_HEIGHT * width / height, 1.5), 3 * _ROW_HEIGHT)
-    fig = _new_figure(image_width + _PLOT_WIDTH, _ROW_HEIGHT)
-    grid = GridSpec(1, 2, figure=fig, width_ratios=[image_width, _PLOT_WIDTH], wspace=0.05,
-                    left=0.02, right=0.98, top=0.92, bottom=0.04)
-    ax_image = fig.add_subplot(grid[0, 0])
-    _draw_image_with_skeletons(ax_image, image, joints_2d)
-    if title:
-        ax_image.set_title(str(title), fontsize=8)
-    ax_pose = fig.add_subplot(grid[0, 1], projection="3d")
-    poses = [_plot_coordinates(_numpy(pose).astype(np.float64)) + np.array([i * spacing_m, 0, 0])
-             for i, pose in enumerate(joints_3d)]
-    if poses:
-        _draw_poses_3d(ax_pose, poses)
-        ax_pose.set_title(f"{len(poses)} {'person' if len(poses) == 1 else 'people'}, 3D (m)",
-                          fontsize=8)
-    else:
-        ax_pose.set_axis_off()
-        ax_pose.set_title("nobody found", fontsize=8)
-    return fig
