@@ -9,7 +9,11 @@ needs a pickle: only the restricted unpickler of datasets/safe_pickle.py is used
 
 where a camera (and a test sequence) holds, for its T frames (image numbers 1..T):
 
-    data_2d       (T, 17, 2) normalised screen coordinates u = x / w * 2 - 1, v = y / w * 2 - h / w
+    data_2d       (T, 17, 2) pixels of the w x h frame, as CA-PF's preparation writes them (its
+                  loader normalises them), or normalised screen coordinates
+                  u = x / w * 2 - 1, v = y / w * 2 - h / w (this repository's files); the unit
+                  is detected per file (PIXEL_MEDIAN) and logged, and pixels are normalised
+                  with each video's frame size (TRAIN_FRAME_SIZE, TEST_FRAME_SIZES)
     data_2d_crop  (T, 17, 2) the same joints in pixels of the 192 x 256 person crop
     data_3d       (T, 17, 3) `univ_annot3` camera coordinates, millimetres (metres are accepted)
     valid         (T,) 1 = the frame is evaluated (test files only; training frames all count)
@@ -22,6 +26,7 @@ the H36M columns of datasets/labels.py, so the base class of every dataset
 (datasets/pose_frames.py) samples them.
 """
 
+import logging
 import os
 import re
 import zipfile
@@ -71,6 +76,13 @@ EXPECTED_VALID_TEST_FRAMES = {"TS1": 603, "TS2": 540, "TS3": 505, "TS4": 553, "T
 # 3DHP has no H36M action labels; samples carry this valid id, which the `joint` text mode
 # ignores (the configuration refuses `joint_action` for this dataset).
 PLACEHOLDER_ACTION = FIRST_ACTION_ID
+
+# data_2d whose median |value| over the valid frames exceeds this holds pixels (normalised screen
+# coordinates lie within about [-1.2, 1.2]; a person's joints in a 1920 x 1080 or 2048 x 2048
+# frame have a median in the hundreds).
+PIXEL_MEDIAN = 3.0
+
+logger = logging.getLogger(__name__)
 
 _TRAIN_NAME = re.compile(r"^S(\d+) Seq(\d+)$")
 _TEST_NAME = re.compile(r"^TS(\d+)$")
@@ -217,7 +229,9 @@ def _where(source, sequence, camera):
 
 def _joint_arrays(entry, source, sequence, camera):
     """The joint (and optional box) arrays of one unit, float32 (the dtype of the columns; a
-    value beyond float32 becomes Inf and is reported), checked for shape and length."""
+    value beyond float32 becomes Inf and is reported), checked for shape and length; data_2d
+    stays float64 until it is normalised (pixels then give the same float32 values as the
+    normalised file)."""
     where = _where(source, sequence, camera)
     if not isinstance(entry, dict):
         raise MetaPoseError(f"{where} is a {type(entry).__name__}, expected a dict with "
@@ -228,7 +242,8 @@ def _joint_arrays(entry, source, sequence, camera):
             raise MetaPoseError(f"{where} lacks '{key}' (it has {sorted(entry)}). {_HINT}")
         try:
             with np.errstate(over="ignore"):
-                array = np.asarray(entry[key], dtype=np.float32)
+                array = np.asarray(entry[key],
+                                   dtype=np.float64 if key == "data_2d" else np.float32)
         except (TypeError, ValueError):
             raise MetaPoseError(f"{where} key '{key}' is not numeric. {_HINT}") from None
         if array.ndim != 3 or array.shape[1:] != (NUM_JOINTS, width):
@@ -304,10 +319,59 @@ def _units(data, source):
     return units
 
 
+def frame_size_of(unit):
+    """(width, height) of the video of a unit: 2048 x 2048 for training cameras, the test
+    sequence's own (TS5, TS6: 1920 x 1080)."""
+    if unit.camera is not None:
+        return TRAIN_FRAME_SIZE
+    return TEST_FRAME_SIZES.get(unit.sequence)
+
+
+def _median_magnitude(unit):
+    values = np.abs(unit.arrays["data_2d"][unit.valid])
+    return float(np.median(values)) if values.size else 0.0
+
+
+def _normalise_pixels(units, source):
+    """Detects the unit of data_2d for the whole file and turns pixels into normalised screen
+    coordinates in place (float64), unit by unit with its frame size. Returns "pixels" or
+    "normalised"; a file that mixes the two is refused."""
+    medians = [_median_magnitude(unit) for unit in units]
+    values = np.concatenate([np.abs(u.arrays["data_2d"][u.valid]).reshape(-1) for u in units])
+    overall = float(np.median(values)) if values.size else 0.0
+    pixels = overall > PIXEL_MEDIAN
+    for unit, median in zip(units, medians):
+        if unit.valid.any() and (median > PIXEL_MEDIAN) != pixels:
+            found, rest = ("pixels", "normalised screen coordinates") if not pixels else \
+                ("normalised screen coordinates", "pixels")
+            raise MetaPoseError(
+                f"{_where(source, unit.sequence, unit.camera)} key 'data_2d' holds {found} "
+                f"(median |value| {median:.3g}) while the rest of the file holds {rest}; one "
+                f"label file uses one unit. {_HINT}")
+    if pixels:
+        for unit in units:
+            size = frame_size_of(unit)
+            if size is None:
+                raise MetaPoseError(
+                    f"{_where(source, unit.sequence, None)}: 'data_2d' holds pixels, but the "
+                    f"frame size of '{unit.sequence}' is not known (the release's test "
+                    f"sequences are {', '.join(TEST_SEQUENCES)}), so they cannot be normalised. "
+                    f"{_HINT}")
+            width, height = size
+            points = unit.arrays["data_2d"]
+            unit.arrays["data_2d"] = points / width * 2.0 - np.array([1.0, height / width])
+    logger.info("label file '%s': 'data_2d' holds %s (median |value| %.3g)%s", source,
+                "pixels" if pixels else "normalised screen coordinates", overall,
+                ", as Context-Aware PoseFormer's preparation writes them; normalised with each "
+                "video's frame size (training 2048x2048; TS1-TS4 2048x2048, TS5-TS6 1920x1080)"
+                if pixels else "")
+    return "pixels" if pixels else "normalised"
+
+
 def _check_values(units, source):
-    """Finite joints in valid frames, normalised 2D, and the unit of data_3d (returned as the
-    factor to metres)."""
-    depths, screen = [], []
+    """Finite joints in valid frames, data_2d normalised (pixels are converted), and the unit of
+    data_3d (returned as the factor to metres)."""
+    depths = []
     for unit in units:
         for key, array in unit.arrays.items():
             rows = array[unit.valid]
@@ -317,15 +381,12 @@ def _check_values(units, source):
                 raise MetaPoseError(f"{_where(source, unit.sequence, unit.camera)} key '{key}' "
                                     f"holds NaN or Inf in valid frame {frame}. {_HINT}")
         depths.append(unit.arrays["data_3d"][unit.valid, ROOT, 2])
-        screen.append(np.abs(unit.arrays["data_2d"][unit.valid]).reshape(-1))
-    depths, screen = np.concatenate(depths), np.concatenate(screen)
+    depths = np.concatenate(depths)
     if depths.size == 0:
         raise MetaPoseError(f"label file '{source}' has no valid frame. {_HINT}")
-    if np.median(screen) > 3.0:
-        raise MetaPoseError(f"label file '{source}': 'data_2d' looks like pixels (median "
-                            f"|value| {np.median(screen):.0f}); it must hold normalised screen "
-                            "coordinates x / w * 2 - [1, h / w] (CA-PF's layout; P-STMO's files "
-                            f"store pixels). {_HINT}")
+    _normalise_pixels(units, source)
+    for unit in units:
+        unit.arrays["data_2d"] = unit.arrays["data_2d"].astype(np.float32)
     depth = float(np.median(depths))
     if 100.0 < depth < 100000.0:
         return 0.001  # millimetres, as univ_annot3

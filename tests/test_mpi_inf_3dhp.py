@@ -116,7 +116,6 @@ def _layout_with(**changes):
 @pytest.mark.parametrize("changes, match", [
     ({"data_2d": np.zeros((3, 28, 2))},
      r"'S1 Seq1' camera '0' key 'data_2d' has shape \(3, 28, 2\)"),
-    ({"data_2d": np.full((3, 17, 2), 900.0)}, "looks like pixels"),
     ({"data_3d": np.zeros((3, 17, 3))}, "neither millimetres"),
     ({"data_2d_crop": np.full((2, 17, 2), 5.0)}, "different lengths"),
 ])
@@ -125,6 +124,102 @@ def test_bad_label_files_name_the_problem(tmp_path, changes, match):
     write_label_file(path, _layout_with(**changes))
     with pytest.raises(MetaPoseError, match=match):
         load_3dhp_labels(path)
+
+
+def test_a_file_mixing_pixels_and_normalised_2d_is_refused(tmp_path):
+    layout = _layout_with()
+    layout["S1 Seq1"][0]["1"] = dict(layout["S1 Seq1"][0]["0"],
+                                     data_2d=np.full((3, 17, 2), 900.0))
+    layout["S1 Seq1"][0]["2"] = dict(layout["S1 Seq1"][0]["0"],
+                                     data_2d=np.full((3, 17, 2), 1100.0))
+    path = str(tmp_path / "mixed.npz")
+    write_label_file(path, layout)
+    with pytest.raises(MetaPoseError, match="camera '0' key 'data_2d' holds normalised screen "
+                                            "coordinates .* while the rest of the file holds "
+                                            "pixels"):
+        load_3dhp_labels(path)
+    test = {"TS7": {"data_2d": np.full((2, 17, 2), 900.0), "data_2d_crop": np.zeros((2, 17, 2)),
+                    "data_3d": np.full((2, 17, 3), 4000.0), "valid": np.ones(2)}}
+    write_label_file(path, test)
+    with pytest.raises(MetaPoseError, match="frame size of 'TS7' is not known"):
+        load_3dhp_labels(path)
+
+
+def ca_pf_copy(root, out):
+    """The label files of `root` written again exactly as CA-PF's preparation scripts write them
+    (data_to_npz_3dhp.py, data_to_npz_3dhp_test.py): data_2d in pixels of the video frame
+    (annot2), float64 arrays from MATLAB, no person boxes, test `valid` as MATLAB doubles, and
+    np.savez_compressed(file, data=dict); the images are linked."""
+    os.makedirs(out)
+    os.symlink(os.path.join(root, "images"), os.path.join(out, "images"))
+
+    def pixels(normalised, size):
+        width, height = size
+        return ((np.asarray(normalised, np.float64) + [1.0, height / width]) * width / 2.0)
+
+    def as_matlab(unit, size):
+        return {"data_2d": pixels(unit["data_2d"], size),
+                "data_2d_crop": np.asarray(unit["data_2d_crop"], np.float64),
+                "data_3d": np.asarray(unit["data_3d"], np.float64)}
+
+    train = read_label_file(os.path.join(root, "data_train_3dhp.npz"))
+    dic_seq = {name: [{camera: as_matlab(unit, (2048, 2048)) for camera, unit in cams.items()},
+                      fps] for name, (cams, fps) in train.items()}
+    np.savez_compressed(os.path.join(out, "data_train_3dhp"), data=dic_seq)
+    test = read_label_file(os.path.join(root, "data_test_3dhp.npz"))
+    dic_seq = {}
+    for name, unit in test.items():
+        dic_seq[name] = dict(as_matlab(unit, TEST_FRAME_SIZES[name]),
+                             valid=np.asarray(unit["valid"], np.float64))
+    np.savez_compressed(os.path.join(out, "data_test_3dhp"), data=dic_seq)
+    return test
+
+
+def evaluate_set(root, model):
+    """PCK, AUC and MPJPE of `model` on the validation split under `root` (the evaluation's
+    dataset, batches, prediction and metric set)."""
+    from torch.utils.data import default_collate
+
+    from datasets import build_metric_set
+    from datasets.transforms import prepare_batch
+    from models.flip_test import predict
+
+    config = load_config(TINY_3DHP, [f"data.root={root}", "data.synthetic.enabled=false"])
+    dataset = build_dataset(config, "validation")
+    metrics = build_metric_set(config, dataset)
+    batch = default_collate([dataset[i] for i in range(len(dataset))])
+    inputs = prepare_batch(batch, torch.device("cpu"))
+    with torch.no_grad():
+        pred = predict(model.eval(), inputs, flip_test=True)
+    metrics.update_batch(pred, inputs["joints_3d"], batch)
+    return metrics.summary(), inputs
+
+
+def test_ca_pf_pixel_files_evaluate_like_normalised_ones(synthetic_3dhp, tmp_path, caplog):
+    from models import build_model
+
+    root, _ = synthetic_3dhp
+    copy = str(tmp_path / "ca_pf")
+    original_test = ca_pf_copy(root, copy)
+    assert {"TS5", "TS6"} <= set(original_test) and TEST_FRAME_SIZES["TS5"] == (1920, 1080)
+    with caplog.at_level("INFO", logger="datasets.mpi_inf_3dhp_labels"):
+        for name in ("data_train_3dhp.npz", "data_test_3dhp.npz"):
+            normalised, pixels = columns_of(root, name), columns_of(copy, name)
+            np.testing.assert_array_equal(pixels["joints_2d_gt"], normalised["joints_2d_gt"])
+            np.testing.assert_allclose(pixels["joints_3d"], normalised["joints_3d"], atol=1e-6)
+    logged = caplog.text
+    assert "'data_2d' holds pixels" in logged and "TS5-TS6 1920x1080" in logged
+    assert "'data_2d' holds normalised screen coordinates" in logged
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning):
+        model = build_model(load_config(TINY_3DHP))
+    expected, expected_inputs = evaluate_set(root, model)
+    got, got_inputs = evaluate_set(copy, model)
+    assert torch.equal(got_inputs["keypoints_2d"], expected_inputs["keypoints_2d"])
+    assert got["frames"] == expected["frames"] == VALID_FRAMES
+    assert (got["pck"], got["auc"]) == (expected["pck"], expected["auc"])
+    assert got["mpjpe"] == pytest.approx(expected["mpjpe"], abs=1e-6)
+    assert got["per_scene"]["Outdoor"] == expected["per_scene"]["Outdoor"]
 
 
 def test_bad_structures_are_refused(tmp_path):
