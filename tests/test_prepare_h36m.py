@@ -292,3 +292,52 @@ def test_command_line_exit_status(tmp_path):
     assert result.returncode == 2
     assert "error:" in result.stderr and "does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _one_camera_file(tmp_path, **changes):
+    """A cameras.json of S1 (four plausible H36M-like cameras), camera 54138969 changed."""
+    cameras = {}
+    for camera_id, name in enumerate(prepare_h36m.CAMERA_NAMES):
+        camera = make_camera(7, 1, camera_id)
+        cameras[name] = {"R": camera["R"].tolist(), "T": camera["T"].ravel().tolist(),
+                         "fx": camera["fx"], "fy": camera["fy"], "cx": camera["cx"],
+                         "cy": camera["cy"], "k": camera["k"].ravel().tolist(),
+                         "p": camera["p"].ravel().tolist()}
+    cameras["54138969"].update(changes)
+    for key in [key for key, value in changes.items() if value is None]:
+        del cameras["54138969"][key]
+    path = tmp_path / "cameras.json"
+    path.write_text(json.dumps({"S1": cameras}))
+    return str(path)
+
+
+def test_cameras_json_is_checked_and_names_its_order(tmp_path):
+    cameras = prepare_h36m.load_cameras(_one_camera_file(tmp_path), [1])
+    assert cameras[(1, 0)][0]["p"].shape == (2, 1) and cameras[(1, 0)][1:] == (1000, 1002)
+    assert "p1 b + p2 a" in prepare_h36m.__doc__ and "REVERSED" in prepare_h36m.__doc__
+    mirror = np.diag([1.0, 1.0, -1.0]) @ make_camera(7, 1, 0)["R"]
+    for changes, message in (
+            ({"tangential_distortion": [0.001, 0.002]}, "VideoPose3D's names.*reverse order"),
+            ({"k": [-0.2, 0.24]}, r"'k' has 2 values; it needs 3 \(\[k1, k2, k3\]\)"),
+            ({"p": [0.1, 0.2, 0.3]}, r"'p' has 3 values; it needs 2 \(\[p1, p2\], cameras.h5"),
+            ({"k": [-20.0, 240.0, 0.0]}, "moves a corner of the frame by"),
+            ({"p": [0.4, -0.3]}, "moves a corner of the frame by"),
+            ({"R": (mirror * 2).tolist()}, "R is not a rotation"),
+            ({"R": mirror.tolist()}, "R is not a rotation"),
+            ({"fx": -1145.0}, "must be positive"),
+            ({"cx": 5120.0}, "principal point"),
+            ({"fy": None}, "lacks 'fy'"),
+            ({"width": 1000.5}, "whole number of pixels"),
+            ({"k": [float("nan"), 0, 0]}, "not finite")):
+        with pytest.raises(MetaPoseError, match=message):
+            prepare_h36m.load_cameras(_one_camera_file(tmp_path, **changes), [1])
+
+
+def test_a_deeply_nested_or_non_regular_cameras_json_is_refused(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(MetaPoseError, match="nests lists or objects more deeply"):
+        prepare_h36m.load_cameras(str(deep), [1])
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(MetaPoseError, match="is a FIFO"):
+        prepare_h36m.load_cameras(str(tmp_path / "fifo.json"), [1])

@@ -187,6 +187,10 @@ def test_seed_command_evaluates_the_published_file_and_its_conversion(paper, mon
     converted = load_checkpoint(out)
     assert converted["format"] == "metapose-weights-v1" and converted["epoch"] == 42
     assert converted["source"]["sha256"] == file_sha256(paper["path"])
+    # the source is named by its file name: no folder of the converting machine is recorded
+    assert converted["source"]["file"] == os.path.basename(paper["path"])
+    assert "path" not in converted["source"]
+    assert str(paper["root"]) not in repr({k: v for k, v in converted.items() if k != "model"})
     assert (converted["image_encoder"], converted["text_encoder"]) == ("hrnet_32", "ViT-B/32")
     assert not is_published_checkpoint(converted)
     assert_every_tensor_arrived(converted["model"], paper["content"])
@@ -297,7 +301,7 @@ def test_infer_tool_runs_a_published_file(tiny, capsys):
                                          str(sorted(sequence.iterdir())[0]), "--out", str(out),
                                          "--action", "Eating", "--no-render"], capsys)
     assert code == 0, output.err
-    (record,) = json.loads((out / "predictions.json").read_text())
+    (record,) = json.loads((out / "predictions.json").read_text())["frames"]
     assert np.isfinite(record["people"][0]["joints_3d"]).all()
 
 

@@ -8,8 +8,8 @@ Usage:
 The published file is read with weights-only loading, converted (models/published_checkpoint.py),
 and checked against the model that --config (default: the paper configuration) builds with the
 encoders of the file (or the ones passed): nothing missing, nothing left over, same shapes. The
-output holds the converted weights ("model"), the source file and its sha256, its epoch and the
-encoder types; `train.py --eval --checkpoint OUT.pt` and `--checkpoint OUT.pt` load it without
+output holds the converted weights ("model"), the source file's name (not its path on this
+machine) and sha256, its epoch and the encoder types; `train.py --eval --checkpoint OUT.pt` and `--checkpoint OUT.pt` load it without
 converting again (every loader also accepts the published file itself).
 """
 
@@ -91,7 +91,9 @@ def main(argv=None):
         "format": WEIGHTS_FORMAT, "model": state, "epoch": info.epoch, "lr": info.lr,
         "image_encoder": model_cfg.image_encoder.type, "text_encoder": model_cfg.text_encoder.type,
         "prompt_tokens": info.prompt_tokens,
-        "source": {"path": os.path.abspath(args.checkpoint),
+        # the file's name and content hash identify it; its path on this machine would
+        # disclose the converting machine's folders to whoever receives the file
+        "source": {"file": os.path.basename(os.path.abspath(args.checkpoint)),
                    "sha256": file_sha256(args.checkpoint),
                    "format": "published train.py checkpoint",
                    "dropped": dict(info.dropped)},

@@ -20,6 +20,18 @@ Inputs (under --raw unless given explicitly):
             k, p (zero), width, height (the camera's video size) may be omitted.
         X_cam = R @ (X_world - T). Only the intrinsics and distortion enter the 2D labels; R and
         T are copied into each entry's `camera`.
+        The distortion is the H36M release's model (datasets/camera.py `project`), on the
+        normalised point (a, b) = (X / Z, Y / Z), r2 = a^2 + b^2:
+            radial = 1 + k1 r2 + k2 r2^2 + k3 r2^3, tangential = p1 b + p2 a,
+            (a, b) <- (a, b) * (radial + tangential) + (p2, p1) * r2,
+        so k and p are in the order of cameras.h5 (k = [k1, k2, k3], p = [p1, p2]).
+        VideoPose3D's `tangential_distortion` holds the same two numbers the other way round:
+        copy its `radial_distortion` into k and its `tangential_distortion` REVERSED into p. A
+        cameras.json with VideoPose3D's key names is refused with that advice. Checked per
+        camera: R is a rotation, T finite, fx, fy > 0, the principal point inside the frame,
+        k 3 and p 2 finite numbers, and a distortion that moves no frame corner by more than
+        half its distance from the principal point (k or p in wrong units or places); the order
+        of p1 and p2 cannot be checked from the numbers.
     data_2d_h36m_cpn_ft_h36m_dbb.npz (--cpn): VideoPose3D's CPN detections, positions_2d =
         {subject 'S1': {recording 'Directions 1': [4 arrays (T', 17, 2) in pixels, one per
         camera in the order above]}}. Only load a file you trust (it needs allow_pickle).
@@ -79,6 +91,8 @@ from datasets.precrop import CropJob, cut_crops  # noqa: E402
 from datasets.synthetic import image_name  # noqa: E402
 from utils.cli import positive_int, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
+from utils.input_files import require_file  # noqa: E402
+from utils.json_files import read_json_file  # noqa: E402
 from utils.skeleton import (  # noqa: E402
     ALL_SUBJECTS, NUM_JOINTS, TRAIN_SUBJECTS, VALIDATION_SUBJECTS,
 )
@@ -199,32 +213,96 @@ def _subject_key(mapping, subject, what, path):
                         f"'S{subject}' and '{subject}'; it has {sorted(mapping)[:10]}).")
 
 
+# VideoPose3D's names for camera parameters (its h36m_cameras_intrinsic_params): refused with
+# the advice of the docstring, since its tangential coefficients are in the other order.
+VIDEOPOSE3D_KEYS = ("focal_length", "center", "radial_distortion", "tangential_distortion",
+                    "res_w", "res_h")
+MAX_CORNER_DISTORTION = 0.5  # of a frame corner's distance from the principal point
+
+
+def _numbers(params, key, count, where, default=None):
+    """`params[key]` as `count` finite float64 numbers, else a message naming the key."""
+    value = params.get(key, default)
+    try:
+        array = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError, OverflowError):
+        raise MetaPoseError(f"{where}: '{key}' is {value!r}, not numbers.") from None
+    if array.size != count:
+        raise MetaPoseError(f"{where}: '{key}' has {array.size} values; it needs {count}"
+                            + (" ([k1, k2, k3])" if key == "k" else " ([p1, p2], cameras.h5 "
+                               "order)" if key == "p" else "") + ".")
+    if not np.isfinite(array).all():
+        raise MetaPoseError(f"{where}: '{key}' holds a value that is not finite ({array.tolist()}).")
+    return array
+
+
+def check_camera(camera, width, height, where):
+    """Raises MetaPoseError naming `where` unless the camera dict (R, T, fx, fy, cx, cy, k, p)
+    is plausible for a width x height video (see the module docstring)."""
+    rotation = camera["R"]
+    error = float(np.abs(rotation @ rotation.T - np.eye(3)).max())
+    if error > 1e-3 or abs(float(np.linalg.det(rotation)) - 1.0) > 1e-3:
+        raise MetaPoseError(f"{where}: R is not a rotation (R R^T differs from the identity by "
+                            f"{error:.3g}, det {np.linalg.det(rotation):.3g}); give the 3x3 "
+                            "world-to-camera rotation, row by row.")
+    if not (camera["fx"] > 0 and camera["fy"] > 0):
+        raise MetaPoseError(f"{where}: the focal lengths fx {camera['fx']:g}, fy {camera['fy']:g} "
+                            "must be positive (pixels).")
+    if not (0 <= camera["cx"] <= width and 0 <= camera["cy"] <= height):
+        raise MetaPoseError(f"{where}: the principal point ({camera['cx']:g}, {camera['cy']:g}) "
+                            f"lies outside the {width}x{height} frame; cx, cy are pixels of the "
+                            "camera's video.")
+    corners = np.array([[-0.5, -0.5], [width - 0.5, -0.5], [-0.5, height - 0.5],
+                        [width - 0.5, height - 0.5]])
+    normalised = (corners - [camera["cx"], camera["cy"]]) / [camera["fx"], camera["fy"]]
+    points = np.concatenate([normalised, np.ones((4, 1))], axis=1)
+    distorted = project(points, 1.0, 1.0, 0.0, 0.0, camera["k"], camera["p"])
+    moved = np.linalg.norm(distorted - normalised, axis=1) / np.linalg.norm(normalised, axis=1)
+    if moved.max() > MAX_CORNER_DISTORTION:
+        raise MetaPoseError(
+            f"{where}: the distortion k {camera['k'].ravel().tolist()}, p "
+            f"{camera['p'].ravel().tolist()} moves a corner of the frame by {moved.max():.0%} of "
+            "its distance from the principal point, far more than a real lens: check that k is "
+            "[k1, k2, k3] and p is [p1, p2] (cameras.h5 order), unscaled.")
+
+
 def _camera_params(params, path, subject, name, camera_id):
     where = f"camera file '{path}', S{subject} camera {name}"
-    try:
-        camera = {
-            "R": np.asarray(params["R"], dtype=np.float64).reshape(3, 3),
-            "T": np.asarray(params["T"], dtype=np.float64).reshape(3, 1),
-            "fx": float(np.ravel(params["fx"])[0]), "fy": float(np.ravel(params["fy"])[0]),
-            "cx": float(np.ravel(params["cx"])[0]), "cy": float(np.ravel(params["cy"])[0]),
-            "k": np.asarray(params.get("k", [0.0, 0.0, 0.0]), dtype=np.float64).reshape(3, 1),
-            "p": np.asarray(params.get("p", [0.0, 0.0]), dtype=np.float64).reshape(2, 1),
-        }
-    except KeyError as error:
-        raise MetaPoseError(f"{where} lacks {error} (needed: R, T, fx, fy, cx, cy; optional k, "
-                            "p, width, height).") from None
-    except (TypeError, ValueError, IndexError) as error:
-        raise MetaPoseError(f"{where}: {error} (R is 3x3, T 3 numbers, k 3, p 2).") from None
-    width, height = H36M_FRAME_SIZES[camera_id]
-    return camera, int(params.get("width", width)), int(params.get("height", height))
+    if not isinstance(params, dict):
+        raise MetaPoseError(f"{where} must be an object of parameters (R, T, fx, fy, cx, cy, k, "
+                            f"p), found {type(params).__name__}.")
+    foreign = [key for key in VIDEOPOSE3D_KEYS if key in params]
+    if foreign:
+        raise MetaPoseError(
+            f"{where} uses VideoPose3D's names ({', '.join(foreign)}): give fx, fy (its "
+            "focal_length), cx, cy (its center), k = its radial_distortion and p = its "
+            "tangential_distortion in reverse order (VideoPose3D lists p2, p1; see `python "
+            "tools/prepare_h36m.py --help`).")
+    missing = [key for key in ("R", "T", "fx", "fy", "cx", "cy") if key not in params]
+    if missing:
+        raise MetaPoseError(f"{where} lacks {', '.join(repr(k) for k in missing)} (needed: R, T, "
+                            "fx, fy, cx, cy; optional k, p, width, height).")
+    camera = {"R": _numbers(params, "R", 9, where).reshape(3, 3),
+              "T": _numbers(params, "T", 3, where).reshape(3, 1)}
+    for key in ("fx", "fy", "cx", "cy"):
+        camera[key] = float(_numbers(params, key, 1, where)[0])
+    camera["k"] = _numbers(params, "k", 3, where, [0.0, 0.0, 0.0]).reshape(3, 1)
+    camera["p"] = _numbers(params, "p", 2, where, [0.0, 0.0]).reshape(2, 1)
+    size = []
+    for key, default in zip(("width", "height"), H36M_FRAME_SIZES[camera_id]):
+        value = float(_numbers(params, key, 1, where, default)[0])
+        if not (1 <= value <= 100000 and value == int(value)):
+            raise MetaPoseError(f"{where}: '{key}' is {value:g}; it must be a whole number of "
+                                "pixels (the camera's video size).")
+        size.append(int(value))
+    check_camera(camera, size[0], size[1], where)
+    return camera, size[0], size[1]
 
 
 def _json_cameras(path):
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except (OSError, ValueError) as error:
-        raise MetaPoseError(f"camera file '{path}' is not valid JSON ({error}).") from None
+    data = read_json_file(path, "camera file", "Pass the cameras.h5 of the H36M projects or a "
+                                               "cameras.json (see `python tools/prepare_h36m.py "
+                                               "--help`) with --cameras.")
     if not isinstance(data, dict):
         raise MetaPoseError(f"camera file '{path}' must hold an object {{subject: {{camera: "
                             "parameters}}}}.")
@@ -267,10 +345,9 @@ def _h5_cameras(path, subjects):
 def load_cameras(path, subjects):
     """{(subject, camera_id): (camera dict, width, height)} from cameras.json or cameras.h5:
     camera dict R (3,3), T (3,1), fx, fy, cx, cy, k (3,1), p (2,1)."""
-    if not os.path.isfile(path):
-        raise MetaPoseError(f"camera file '{path}' does not exist. Pass the cameras.h5 of the "
-                            "H36M projects or a cameras.json (see `python tools/prepare_h36m.py "
-                            "--help`) with --cameras.")
+    require_file(path, "camera file", "Pass the cameras.h5 of the H36M projects or a "
+                                      "cameras.json (see `python tools/prepare_h36m.py --help`) "
+                                      "with --cameras.")
     is_h5 = path.lower().endswith((".h5", ".hdf5"))
     data = _h5_cameras(path, subjects) if is_h5 else _json_cameras(path)
     cameras = {}
