@@ -61,8 +61,8 @@ def number_in(low, high, what):
         except ValueError:
             value = math.nan
         if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"expected {what}, a number in [{low:g}, {high:g}], "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what} in [{low:g}, {high:g}], got "
+                                             f"{text!r}")
         return value
     return parse
 
@@ -79,7 +79,7 @@ def build_parser():
     parser.add_argument("--keypoints", help="JSON of 2D joints per frame (pixels)")
     parser.add_argument("--keypoint-format", choices=("coco", "h36m"),
                         help="joint order of --keypoints (default: the file's \"format\")")
-    parser.add_argument("--kpt-thr", type=number_in(-1e6, 1e6, "a confidence threshold"),
+    parser.add_argument("--kpt-thr", type=number_in(-1000.0, 1000.0, "a confidence threshold"),
                         default=0.0, metavar="T",
                         help="a 2D joint whose confidence is not above T is missing and imputed "
                              "(default 0: only confidence 0); joints outside the frame or given "
@@ -393,9 +393,9 @@ def main(argv=None):
     count = sum(len(record[3]) for record in records)
     tracks = len({p.track_id for *_, people in records for p in people} - {None})
     pictures = f"1 MP4 ({codec})" if codec else f"{len(records)} PNG"
+    tracked = f", {tracks} track{'' if tracks == 1 else 's'}" if source.kind == "video" else ""
     print(f"wrote {os.path.join(args.out, 'predictions.json')} ({len(records)} frames, "
-          f"{count} people" + (f", {tracks} tracks" if source.kind == "video" else "") + ")"
-          + ("" if args.no_render else f" and {pictures}"))
+          f"{count} people{tracked})" + ("" if args.no_render else f" and {pictures}"))
     if out.stale:
         print(f"removed what an interrupted run had left in {args.out}: {', '.join(out.stale)}")
     return 0
