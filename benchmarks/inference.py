@@ -84,8 +84,10 @@ def main(argv=None):
     for batch in args.batch_sizes:
         predictor.batch_size = batch
         requests = [predictor.request(frame, keypoints=keypoints) for _ in range(batch)]
-        for _ in range(args.warmup):
-            predictor.predict_frames(requests)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the random head's warning, said at its first use
+            for _ in range(args.warmup):
+                predictor.predict_frames(requests)
         rounds = -(-args.frames // batch)
         if predictor.device.type == "cuda":
             torch.cuda.synchronize()

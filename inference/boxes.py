@@ -87,10 +87,10 @@ def check_box(values, width, height, where):
     high = (1.0 + BOX_REACH) * np.array([width, height, width, height])
     if (box < low).any() or (box > high).any():
         shown = [float(f"{value:.6g}") for value in box]
-        raise MetaPoseError(f"{where}: the box {shown} reaches more than "
-                            f"{BOX_REACH:g} frame sizes beyond the {width}x{height} frame (allowed: "
-                            f"x in [{low[0]:g}, {high[0]:g}], y in [{low[1]:g}, {high[1]:g}]). "
-                            "Check that it is in pixels of this frame.")
+        raise MetaPoseError(f"{where}: the box {shown} reaches more than {BOX_REACH:g} frame "
+                            f"sizes beyond the {width}x{height} frame (allowed: x in "
+                            f"[{low[0]:g}, {high[0]:g}], y in [{low[1]:g}, {high[1]:g}]). Check "
+                            "that it is in pixels of this frame.")
     return box
 
 

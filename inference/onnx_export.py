@@ -8,8 +8,8 @@ for a joint_action model exported without a fixed action, `action` (B,) int64: a
 text table, whose names (row 0 "all" = the mean of the 15 actions, then the actions in H36M id
 order) are in the model's metadata `text_rows`. Output `joints_3d` (B, 17, 3) metres, H36M order,
 camera axes, root-relative (joint 0 at 0, 0, 0; the metadata `joints_3d` says so), or with
-`raw_output` the network's own output (joint 0 near 0). The batch axis is dynamic. Neither CLIP nor the tokenizer is in the graph; the HRNet
-heatmap head is not exported (2D joints are inputs).
+`raw_output` the network's own output (joint 0 near 0). The batch axis is dynamic. Neither CLIP
+nor the tokenizer is in the graph; the HRNet heatmap head is not exported (2D joints are inputs).
 """
 
 import contextlib

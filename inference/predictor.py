@@ -6,7 +6,8 @@ the HRNet's COCO heatmaps and converted to H36M) -> both model coordinates of th
 (normalised screen coordinates of the input frame and crop pixels) -> the evaluation's
 prediction function (models/flip_test.predict), so inference and evaluation cannot drift apart
 -> joints_3d made root-relative (joint 0 at the origin; the network's output stays in
-joints_3d_raw). The CLI (tools/infer.py), the tests, the benchmark and notebooks all call this class.
+joints_3d_raw). The CLI (tools/infer.py), the tests, the benchmark and notebooks all call this
+class.
 """
 
 import contextlib
@@ -28,7 +29,7 @@ from inference.keypoints import coco_to_h36m, h36m_missing
 from inference.loading import load_trained_model, prepare_for_inference, resolve_action
 from inference.missing_joints import (COCO_ANCHORS, COCO_TEMPLATE, impute_missing, missing_mask,
                                       usable)
-from inference.people import FrameRequest, Person, checked_image, checked_request  # noqa: F401
+from inference.people import Person, checked_image, checked_request
 from models.flip_test import predict
 from utils.errors import MetaPoseError
 from utils.flip import flip_images

@@ -15,7 +15,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from inference.keypoints import COCO_NAMES, check_keypoints, coco_to_h36m
+from inference.keypoints import COCO_NAMES, check_keypoints
 from tests.test_inference import REPO, infer, tiny_checkpoint  # noqa: F401 (a fixture)
 from utils.errors import MetaPoseError
 

@@ -232,7 +232,8 @@ def _numbers(params, key, count, where, default=None):
                             + (" ([k1, k2, k3])" if key == "k" else " ([p1, p2], cameras.h5 "
                                "order)" if key == "p" else "") + ".")
     if not np.isfinite(array).all():
-        raise MetaPoseError(f"{where}: '{key}' holds a value that is not finite ({array.tolist()}).")
+        raise MetaPoseError(f"{where}: '{key}' holds a value that is not finite "
+                            f"({array.tolist()}).")
     return array
 
 
