@@ -98,9 +98,30 @@ def test_broken_prompts_files_name_the_file_and_the_key(tmp_path, name, change, 
     assert str(path) in str(error.value)
 
 
+@pytest.mark.parametrize("key, repeat", [
+    ("template", lambda text: text + "template: '{joint} {action}'\n"),
+    ("descriptions.Walking", lambda text: text.replace("  Walking:", "  Walking: once\n  Walking:")),
+])
+def test_a_key_written_twice_in_a_prompts_file_is_refused(tmp_path, key, repeat):
+    path = tmp_path / "twice.yaml"
+    write_prompts_file(path, placeholder_content())
+    path.write_text(repeat(path.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(MetaPoseError, match=f"prompts file '{re.escape(str(path))}' has the key "
+                                            f"'{re.escape(key)}' twice"):
+        load_prompts(str(path))
+
+
+def test_a_prompts_path_that_is_not_a_regular_file_is_named_as_what_it_is(tmp_path):
+    with pytest.raises(MetaPoseError, match="is a folder, not a file. Point "
+                                            "model.text_encoder.prompts at"):
+        load_prompts(str(tmp_path))
+    with pytest.raises(MetaPoseError, match="is a device, not a regular file"):
+        load_prompts("/dev/zero")
+
+
 def test_unreadable_prompts_files(tmp_path):
-    with pytest.raises(MetaPoseError, match=r"'nope\.yaml' \(model\.text_encoder\.prompts\) "
-                                            "does not exist"):
+    with pytest.raises(MetaPoseError, match=r"'nope\.yaml' does not exist\. Point "
+                                            r"model\.text_encoder\.prompts at"):
         load_prompts("nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("template: [unclosed\n", encoding="utf-8")
