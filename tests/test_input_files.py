@@ -136,3 +136,13 @@ def test_every_input_file_names_what_a_non_regular_path_is(role, not_regular_fil
         message = str(caught.value)
         assert f"'{path}'" in message and f" {problem}. " in message, message
         assert "does not exist" not in message, message
+
+
+def test_bytes_that_are_not_utf8_are_spelled_out_in_messages(tmp_path):
+    from utils.input_files import printable, shown_path
+    assert printable("run\udcff") == "run\\xff" and printable("a\ud800b") == "a\\ud800b"
+    assert shown_path(b"caf\xff.yaml") == "caf\\xff.yaml"
+    with pytest.raises(InputFileError) as caught:
+        require_file(os.fsdecode(bytes(tmp_path) + b"/x\xff.yaml"), "config file")
+    str(caught.value).encode("utf-8")  # the message itself can be written anywhere
+    assert "x\\xff.yaml' does not exist" in str(caught.value)
