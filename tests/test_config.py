@@ -153,6 +153,8 @@ def test_resolved_yaml_round_trips(tmp_path):
     ("model.embed_dim=36", ["'model.embed_dim'", "is 36", "not divisible by 8",
                             "'model.lift_heads'"]),
     ("model.lift_heads=3", ["'model.embed_dim'", "not divisible by 3"]),
+    ("seed=99999999999999999999", ["'seed'", "99999999999999999999", "in [0, 4294967295]"]),
+    ("data.synthetic.seed=4294967296", ["'data.synthetic.seed'", "in [0, 4294967295]"]),
 ])
 def test_out_of_range_values_name_key_value_and_range(override, words):
     with pytest.raises(MetaPoseError) as error:
@@ -285,3 +287,34 @@ def test_a_config_that_is_not_a_regular_file_is_named_as_what_it_is(tmp_path):
 def test_every_entry_of_a_list_setting_has_its_type(override):
     with pytest.raises(MetaPoseError, match="each entry must be"):
         load_config(None, [override])
+
+
+def test_the_largest_seed_runs_where_seeds_are_used():
+    """The seed range is the one the samplers, loaders and RNG seeding take."""
+    from datasets.loaders import build_train_loader
+    from utils import distributed as dist_utils
+    from utils.config import MAX_SEED
+
+    class Context:
+        world_size, rank, device = 1, 0, __import__("torch").device("cpu")
+
+    class Frames(list):
+        epoch = None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    config = load_config(None, [f"seed={MAX_SEED}", f"data.synthetic.seed={MAX_SEED}"])
+    loader = build_train_loader(Frames(range(10)), 4, 0, config.seed, Context())
+    loader.generator.manual_seed(dist_utils.epoch_seed(config.seed, 0, 3))
+    dist_utils.seed_everything(config.seed + 1)
+    assert sum(len(batch) for batch in loader) == 8
+
+
+def test_make_synthetic_takes_the_seeds_the_config_takes(capsys):
+    from tools import make_synthetic
+    from utils.config import MAX_SEED
+    assert make_synthetic.parse_args(["--out", "x", "--seed", str(MAX_SEED)]).seed == MAX_SEED
+    with pytest.raises(SystemExit):
+        make_synthetic.parse_args(["--out", "x", "--seed", "99999999999999999999"])
+    assert "expected an integer from 0 to 4294967295" in capsys.readouterr().err

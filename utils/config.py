@@ -68,13 +68,17 @@ CHOICES = {
 # data.image_size) is checked element by element and null (for nullable keys) is always allowed.
 # Every number must also be finite. tests/test_config.py fails for a numeric key without a line
 # here, so a new numeric key needs its range added next to its default.
+# Seeds: NumPy's global seed, the samplers' and the flips' streams take 32-bit seeds, so a larger
+# seed would alias a smaller one (or overflow torch's 64-bit generator).
+MAX_SEED = 2 ** 32 - 1
+
 NUMERIC_RANGES = {
-    "seed": Range(0, None),
+    "seed": Range(0, MAX_SEED),
     "data.image_size": Range(8, None),               # pixels; the encoder's stem divides by 4
     "data.num_workers": Range(0, None),
     "data.synthetic.train_frames": Range(1, None),
     "data.synthetic.val_frames": Range(1, None),
-    "data.synthetic.seed": Range(0, None),
+    "data.synthetic.seed": Range(0, MAX_SEED),
     "model.image_encoder.width": Range(1, None),
     "model.text_encoder.prompt_tokens": Range(0, 75),  # 77 CLIP tokens hold SOT, prompts, EOT
     "model.text_encoder.width": Range(1, None),
