@@ -199,6 +199,15 @@ def _garbage_last_val_image(path_of):
     _write(path_of(VAL_FRAMES - 1), b"this is not a JPEG\n")
 
 
+def _huge_last_val_image(path_of):
+    """The JPEG of the last frame with a header that declares 60000x60000 pixels."""
+    with open(path_of(VAL_FRAMES - 1), "rb") as handle:
+        data = bytearray(handle.read())
+    frame = data.find(b"\xff\xc0")
+    data[frame + 5:frame + 9] = (60000).to_bytes(2, "big") * 2
+    _write(path_of(VAL_FRAMES - 1), bytes(data))
+
+
 def _cut_last_val_image(path_of):
     with open(path_of(VAL_FRAMES - 1), "rb") as handle:
         data = handle.read()
@@ -353,6 +362,10 @@ CASES = {
         lambda w: _evaluate(w, "img", "data.image_dir="
                             + w.image_dir("cut", _cut_last_val_image)),
         ["truncated JPEG", "data.skip_bad_images"]),
+    "JPEG declaring 60000x60000 pixels": (
+        lambda w: _evaluate(w, "img", "data.image_dir="
+                            + w.image_dir("huge", _huge_last_val_image)),
+        ["declares 60000x60000 pixels in its JPEG header", "data.skip_bad_images"]),
 }
 
 
