@@ -249,3 +249,21 @@ def test_imported_yaml_is_plain_safe_yaml(tmp_path, capsys):
     content = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert set(content) == {"source", "template", "joint_template", "joints", "parts",
                             "descriptions"}
+
+
+@pytest.mark.parametrize("source", [
+    "x = " + "+".join(["'a'"] * 200_000),  # RecursionError while the parser builds the tree
+    "x = a" + ".b" * 100_000,
+    "x = " + "-" * 100_000 + "1",  # MemoryError from the parser's own stack
+])
+def test_import_tool_on_expressions_too_deep_for_the_parser(tmp_path, capsys, source):
+    code, output, out = run_tool(tmp_path, source, capsys)
+    assert code == 2 and output.err.startswith("error: --train-py '"), output.err[-2000:]
+    assert "nests an expression too deeply for Python's parser" in output.err
+    assert output.err.count("\n") == 1 and not out.exists()
+
+
+def test_import_tool_says_no_line_when_the_parser_gives_none(tmp_path, capsys):
+    code, output, _ = run_tool(tmp_path, "x = 1\0\n", capsys)
+    assert code == 2 and "is not valid Python (source code string cannot contain null bytes)" \
+        in output.err and "line None" not in output.err

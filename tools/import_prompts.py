@@ -60,8 +60,14 @@ def read_module(path):
     try:
         return text, ast.parse(text, filename=path)
     except SyntaxError as error:
-        raise MetaPoseError(f"--train-py '{path}' is not valid Python (line {error.lineno}: "
+        where = f"line {error.lineno}: " if error.lineno else ""
+        raise MetaPoseError(f"--train-py '{shown_path(path)}' is not valid Python ({where}"
                             f"{error.msg}); pass the published train.py unchanged.") from None
+    except (RecursionError, MemoryError):  # the parser's own limits (nothing was run)
+        raise MetaPoseError(
+            f"--train-py '{shown_path(path)}' nests an expression too deeply for Python's "
+            "parser (e.g. thousands of chained operators or calls), so it cannot be read; the "
+            "published train.py holds no such expression: pass it unchanged.") from None
 
 
 def assignments(module):
