@@ -25,15 +25,44 @@ from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 cv2.setNumThreads(1)
 
 
+# Real label paths are under 100 bytes ("s_01_act_02_subact_01_ca_01/..._000001.jpg"). The
+# label cache stores every path at the width of the longest, so one long path would multiply
+# the cache by the number of frames: paths are bounded well below PATH_MAX.
+MAX_IMAGE_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255  # one folder or file name (NAME_MAX of Linux and macOS file systems)
+
+
+def shown_image_path(relative):
+    """A label image path for a message: repr() of it, or of its start when it is long."""
+    if len(relative) <= 80:
+        return repr(relative)
+    return f"{relative[:60]!r}... ({len(relative):,} characters)"
+
+
 def unsafe_image_path(relative):
     """Why the label image path `relative` (str) may not be used, or None when it is fine.
 
     A label's `image` must name a file inside the image folder: relative, with no `..`
     component and no NUL byte (a pickle must not make the loader read /etc/passwd or
-    ../../anything). Both / and \\ count as separators.
+    ../../anything), UTF-8 text (no lone surrogates), at most MAX_IMAGE_PATH_BYTES long with no
+    name longer than MAX_NAME_BYTES. Both / and \\ count as separators.
     """
     if not relative:
         return "is empty"
+    try:
+        encoded, text = relative.encode("utf-8"), True
+    except UnicodeEncodeError:
+        encoded, text = relative.encode("utf-8", "surrogatepass"), False
+    if len(encoded) > MAX_IMAGE_PATH_BYTES:
+        return (f"is {len(encoded):,} bytes long, more than the {MAX_IMAGE_PATH_BYTES:,} an "
+                "image path may have")
+    longest = len(encoded) if len(encoded) <= MAX_NAME_BYTES else \
+        max(len(name) for name in encoded.replace(b"\\", b"/").split(b"/"))
+    if longest > MAX_NAME_BYTES:
+        return (f"holds a name of {longest} bytes, more than the {MAX_NAME_BYTES} a file system "
+                "allows")
+    if not text:
+        return "holds characters that are not text (lone UTF-16 surrogates)"
     if "\0" in relative:
         return "contains a NUL byte"
     if relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
