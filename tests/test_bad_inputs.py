@@ -284,7 +284,8 @@ CASES = {
     "checkpoint of another encoder width": (
         lambda w: _evaluate(w, "width", "model.image_encoder.width=8"),
         ["last.pt", "'image_encoder.", "(4, 256, 3, 3) in the file", "(8, 256, 3, 3) in the model",
-         "model.image_encoder.width (4 -> 8)"]),
+         "model.image_encoder.width (4 in the checkpoint, 8 from command-line override "
+         "'model.image_encoder.width=8')"]),
     "truncated checkpoint (--resume)": (
         lambda w: w.base_args("resume1", "--resume", _truncated_checkpoint(w)),
         ["truncated.pt", "truncated"]),

@@ -373,7 +373,19 @@ def _finish(merged, sources, overrides, config_path):
     _check_ranges(merged, sources)
     config = EasyDict(merged)
     config["config_path"] = config_path
+    # Kept beside the keys (an attribute, not an item: it is no setting and never saved).
+    object.__setattr__(config, _SOURCES_ATTRIBUTE, dict(sources))
     return config
+
+
+_SOURCES_ATTRIBUTE = "_setting_sources"
+
+
+def setting_source(config, key):
+    """Where the value of the dotted `key` in `config` (from load_config or
+    config_from_mapping) was set: "'<file>'", "command-line override '<text>'", ... or
+    "utils/defaults.yaml" when nothing overrode the default."""
+    return getattr(config, _SOURCES_ATTRIBUTE, {}).get(key, "utils/defaults.yaml")
 
 
 def config_to_yaml(config):
