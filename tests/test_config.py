@@ -243,7 +243,7 @@ def test_merge_keys_may_still_override_what_they_merge(tmp_path):
 
 def test_a_key_written_twice_in_an_override_value_is_refused():
     with pytest.raises(MetaPoseError, match=r"'train\.epochs=\{a: 1, a: 2\}' has the key 'a' "
-                                            r"twice"):
+                                            r"twice \(both on line 1\)"):
         load_config(None, ["train.epochs={a: 1, a: 2}"])
 
 
@@ -268,7 +268,8 @@ def test_a_key_written_with_dots_in_a_file_says_how_to_nest_it(tmp_path, text, k
         load_config(path)
     message = str(error.value)
     assert message.startswith(f"config key '{key}' in '{path}' is one name that holds a dot")
-    assert f"'{section}:' then '  {leaf}: ...'" in message and "Did you mean" not in message
+    assert f"write '{section}:' on one line and '{leaf}: ...' indented below it" in message
+    assert "Did you mean" not in message
 
 
 def test_a_config_that_is_not_a_regular_file_is_named_as_what_it_is(tmp_path):

@@ -245,9 +245,9 @@ def _dotted_key_error(key, name, source):
     section, _, leaf = name.partition(".")
     return MetaPoseError(
         f"config key '{key}' in {source} is one name that holds a dot, not the key '{leaf}' "
-        f"inside the section '{section}': in a YAML file write the section and, indented "
-        f"below it, the key ('{section}:' then '  {leaf}: ...'). Dotted names are for "
-        f"command-line overrides ({key}=VALUE).")
+        f"inside the section '{section}': in a YAML file write '{section}:' on one line and "
+        f"'{leaf}: ...' indented below it; dotted names are for command-line overrides "
+        f"({key}=VALUE).")
 
 
 def _merge(target, update, defaults, source, sources, prefix=""):

@@ -100,8 +100,9 @@ def parse_yaml(text, source):
         repeated = _first_repeated_key(node)
         if repeated is not None:
             key, first, second = repeated
+            lines = f"lines {first} and {second}" if first != second else f"both on line {first}"
             raise MetaPoseError(
-                f"{source} has the key '{shown_path(key)}' twice (lines {first} and {second}); "
+                f"{source} has the key '{shown_path(key)}' twice ({lines}); "
                 "YAML would keep the second and silently drop the first. Write the key once "
                 "(merge the settings under it into one block).")
         return loader.construct_document(node)
