@@ -228,7 +228,8 @@ class Training:
     def _initial_state(self, args, path, checkpoint, converted=None):
         if args.resume is not None:
             state, applied = resume_training(path, self.model, self.optimizer, self.scheduler,
-                                             self.scaler, self.config, self.logger, checkpoint)
+                                             self.scaler, self.config, self.logger, checkpoint,
+                                             len(self.train_loader), self.data)
             state.data = self.data
             if self.validation_changed:  # scores on two validation sets do not compare
                 self.logger.warning("--allow-data-change: the validation set changed, so the best "

@@ -7,6 +7,7 @@ import os
 
 from datasets.registry import dataset_module
 from utils.errors import MetaPoseError
+from utils.input_files import file_problem, shown_path
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,12 @@ def build_dataset(config, split, rank=0):
     module.check_settings(config)
     train = split == "train"
     label_file = os.path.join(data.root, data.train_file if train else data.val_file)
-    if not os.path.isfile(label_file) and data.synthetic.enabled and rank == 0:
+    if file_problem(label_file) == "does not exist" and data.synthetic.enabled and rank == 0:
         _write_synthetic(config, module)
-    if not os.path.isfile(label_file):
+    problem = file_problem(label_file)
+    if problem is not None:
         raise MetaPoseError(
-            f"label file '{label_file}' ({split} split of {module.TITLE}) does not exist. "
+            f"label file '{shown_path(label_file)}' ({split} split of {module.TITLE}) {problem}. "
             f"{module.PREPARE_HINT}, write a synthetic set with tools/make_synthetic.py "
             f"--dataset {data.dataset} --out DIR, or set data.synthetic.enabled=true to generate "
             "one into data.root; data.root, data.train_file and data.val_file locate the file.")

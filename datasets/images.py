@@ -1,4 +1,4 @@
-"""JPEG reading and the person crop of docs/method.md §1.1: full frame -> 192x256 crop pixels.
+"""Image reading and the person crop of docs/method.md §1.1: full frame -> 192x256 crop pixels.
 
 Pixel convention everywhere (full frames and crops): integer coordinates are pixel centres, so
 pixel (0, 0) covers [-0.5, 0.5]^2 and a W-wide image spans [-0.5, W - 0.5]. The crop is the map
@@ -14,6 +14,7 @@ tools/precrop_h36m.py all call it. Mirroring the crop is exactly x -> 191 - x.
 import cv2
 import numpy as np
 
+from datasets.image_headers import MAX_IMAGE_PIXELS, HeaderProblem, declared_size
 from utils.atomic_files import atomic_write_bytes
 from utils.errors import MetaPoseError
 from utils.input_files import InputFileError, read_regular_file, shown_path
@@ -24,15 +25,44 @@ from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 cv2.setNumThreads(1)
 
 
+# Real label paths are under 100 bytes ("s_01_act_02_subact_01_ca_01/..._000001.jpg"). The
+# label cache stores every path at the width of the longest, so one long path would multiply
+# the cache by the number of frames: paths are bounded well below PATH_MAX.
+MAX_IMAGE_PATH_BYTES = 1024
+MAX_NAME_BYTES = 255  # one folder or file name (NAME_MAX of Linux and macOS file systems)
+
+
+def shown_image_path(relative):
+    """A label image path for a message: repr() of it, or of its start when it is long."""
+    if len(relative) <= 80:
+        return repr(relative)
+    return f"{relative[:60]!r}... ({len(relative):,} characters)"
+
+
 def unsafe_image_path(relative):
     """Why the label image path `relative` (str) may not be used, or None when it is fine.
 
     A label's `image` must name a file inside the image folder: relative, with no `..`
     component and no NUL byte (a pickle must not make the loader read /etc/passwd or
-    ../../anything). Both / and \\ count as separators.
+    ../../anything), UTF-8 text (no lone surrogates), at most MAX_IMAGE_PATH_BYTES long with no
+    name longer than MAX_NAME_BYTES. Both / and \\ count as separators.
     """
     if not relative:
         return "is empty"
+    try:
+        encoded, text = relative.encode("utf-8"), True
+    except UnicodeEncodeError:
+        encoded, text = relative.encode("utf-8", "surrogatepass"), False
+    if len(encoded) > MAX_IMAGE_PATH_BYTES:
+        return (f"is {len(encoded):,} bytes long, more than the {MAX_IMAGE_PATH_BYTES:,} an "
+                "image path may have")
+    longest = len(encoded) if len(encoded) <= MAX_NAME_BYTES else \
+        max(len(name) for name in encoded.replace(b"\\", b"/").split(b"/"))
+    if longest > MAX_NAME_BYTES:
+        return (f"holds a name of {longest} bytes, more than the {MAX_NAME_BYTES} a file system "
+                "allows")
+    if not text:
+        return "holds characters that are not text (lone UTF-16 surrogates)"
     if "\0" in relative:
         return "contains a NUL byte"
     if relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
@@ -43,14 +73,18 @@ def unsafe_image_path(relative):
 
 
 def read_image(path):
-    """(H, W, 3) uint8 RGB pixels of the JPEG (or PNG) at `path`.
+    """(H, W, 3) uint8 RGB pixels of the JPEG, PNG, BMP, TIFF or WebP image at `path`.
 
+    The size its header declares is checked before decoding: more than MAX_IMAGE_PIXELS
+    (datasets/image_headers.py: 64 Mi pixels, e.g. 8192 x 8192) is refused, so that a small file
+    that declares a huge image never reaches the decoder's allocation.
     Raises:
         MetaPoseError naming the file when it is missing, unreadable, not a regular file (a
-        FIFO, device or folder: never opened for reading), a truncated JPEG or cannot be
-        decoded. (The bytes are read here and decoded from memory, so that OpenCV and libjpeg
-        print nothing to stderr for such files.)
+        FIFO, device or folder: never opened for reading), not one of those formats, declares
+        too many pixels, is a truncated JPEG or cannot be decoded. (The bytes are read here and
+        decoded from memory, so that OpenCV and libjpeg print nothing to stderr for such files.)
     """
+    remedy = "Replace it, or set data.skip_bad_images=true to drop such frames."
     try:
         data = np.frombuffer(read_regular_file(
             path, "image", "Label image paths must name image files inside the image folder; "
@@ -62,17 +96,33 @@ def read_image(path):
         raise MetaPoseError(
             f"image '{shown_path(path)}' does not exist. Check data.root and data.image_dir, or "
             "set data.skip_bad_images=true to drop frames whose image is missing.") from None
+    shown = shown_path(path)
+    if not data.size:
+        raise MetaPoseError(f"image '{shown}' cannot be decoded (an empty file). {remedy}")
+    try:
+        kind, width, height = declared_size(data)
+    except HeaderProblem as problem:
+        raise MetaPoseError(f"image '{shown}' cannot be decoded: {problem}. {remedy}") from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise MetaPoseError(
+            f"image '{shown}' declares {width}x{height} pixels in its {kind} header, more than "
+            f"the {MAX_IMAGE_PIXELS:,} an image may have (decoded it would take "
+            f"{width * height * 3 / 2 ** 30:.1f} GiB). Scale it down to at most "
+            f"{MAX_IMAGE_PIXELS:,} pixels (e.g. 8192x8192), or set data.skip_bad_images=true to "
+            "drop such frames.")
     if _truncated_jpeg(data):
         raise MetaPoseError(
-            f"image '{path}' is a truncated JPEG: its {data.size} bytes end before the JPEG end "
-            "marker (an interrupted copy or extraction?). Replace it, or set "
-            "data.skip_bad_images=true to drop such frames.")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+            f"image '{shown}' is a truncated JPEG: its {data.size} bytes end before the JPEG end "
+            f"marker (an interrupted copy or extraction?). {remedy}")
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as error:  # e.g. memory for the pixels, which the size check keeps rare
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        raise MetaPoseError(f"image '{shown}' cannot be decoded (OpenCV: "
+                            f"{lines[-1].strip() if lines else error}). {remedy}") from None
     if image is None:
-        reason = "an empty file" if not data.size else "corrupt or not an image"
         raise MetaPoseError(
-            f"image '{path}' cannot be decoded ({reason}). Replace it, or set "
-            "data.skip_bad_images=true to drop such frames.")
+            f"image '{shown}' cannot be decoded (corrupt or not an image). {remedy}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

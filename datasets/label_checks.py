@@ -10,7 +10,7 @@ H36M-Toolbox output (joints_2d in pixels, millimetres, no CPN keys).
 
 import numpy as np
 
-from datasets.images import unsafe_image_path
+from datasets.images import shown_image_path, unsafe_image_path
 from utils.errors import MetaPoseError
 from utils.skeleton import ACTION_IDS, ALL_SUBJECTS, NUM_JOINTS, PARENTS
 
@@ -121,13 +121,17 @@ def _float_column(values, shape, key, flatten=False):
     try:
         with np.errstate(over="ignore"):  # values beyond float32 become Inf and are reported
             array = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):  # OverflowError: an int beyond any float
         pass
     if array is not None and flatten and array.ndim >= 1 and array.size == len(values) * count:
         array = array.reshape((len(values),) + shape)
     if array is None or array.shape[1:] != shape:
         for index, value in enumerate(values):
-            item = np.asarray(value, dtype=np.float64)
+            try:
+                item = np.asarray(value, dtype=np.float64)
+            except OverflowError:
+                return None, _Problem(index, key, f"holds an integer beyond the range of any "
+                                                  f"float ({_describe(value)[:60]}...)")
             if (item.size != count) if flatten else (item.shape != shape):
                 detail = " (17 H36M joints)" if key in JOINT_COLUMNS else ""
                 return None, _Problem(index, key, f"has shape {item.shape}, expected "
@@ -186,9 +190,10 @@ def _image_column(values):
                                                   "image path")
         problem = unsafe_image_path(text)
         if problem is not None:
-            return None, _Problem(index, "image", f"is {text!r:.80}, which {problem}; image paths "
-                                                  "must be relative to the image folder (a label "
-                                                  "file must not make the loader read other files)")
+            return None, _Problem(index, "image", (
+                f"is {shown_image_path(text)}, which {problem}; image paths must be short "
+                "relative paths inside the image folder, in UTF-8 (a label file must not make "
+                "the loader read other files)"))
         encoded.append(text.encode("utf-8"))
     return np.array(encoded, dtype=np.bytes_), None
 

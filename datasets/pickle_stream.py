@@ -102,6 +102,14 @@ def _rewritten_start(handle, digest, token):
     return head, False
 
 
+class _BatchFailed(Exception):
+    """on_batch raised on entries that were unpickled fine: (first index, count, error)."""
+
+    def __init__(self, offset, count, error):
+        super().__init__(offset, count, error)
+        self.offset, self.count, self.error = offset, count, error
+
+
 class _Collector:
     """Stands in for the top-level list: receives its items batch by batch (see module doc)."""
 
@@ -128,13 +136,21 @@ class _Collector:
         if not batch:
             return
         for start in range(0, len(batch), self.batch_size):
-            self.on_batch(batch[start:start + self.batch_size], self.count)
-            self.count += len(batch[start:start + self.batch_size])
+            self._hand_on(batch[start:start + self.batch_size])
         self._since_prune += len(batch)
         if not last and self.prune_every and self._since_prune >= self.prune_every and \
                 _within_one_sequence(batch[-2:]):
             del batch
             self.prune()
+
+    def _hand_on(self, items):
+        try:
+            self.on_batch(items, self.count)
+        except MetaPoseError:
+            raise
+        except Exception as error:  # the receiver's failure, not the pickle's
+            raise _BatchFailed(self.count, len(items), error) from error
+        self.count += len(items)
 
     def prune(self):
         """Replaces the unpickler's memo by the objects that later entries may share.
@@ -298,6 +314,12 @@ def stream_pickled_list(path, on_batch, on_restart, batch_size=2000, prune_every
                 raise MetaPoseError(unpickling_failure(path, error)) from None
             except MetaPoseError:
                 raise
+            except _BatchFailed as failed:
+                raise MetaPoseError(unpickling_failure(path, (
+                    f"the file is a valid pickle, but its entries {failed.offset} to "
+                    f"{failed.offset + failed.count - 1} are not label entries of the expected "
+                    f"format ({type(failed.error).__name__}: {str(failed.error)[:200]})"))) \
+                    from None
             except Exception as error:  # pickle reports corruption with many exception types
                 raise MetaPoseError(unpickling_failure(path, error)) from None
     finally:

@@ -10,7 +10,7 @@ import torch
 
 from datasets.flip_draws import flip_decision
 from datasets.images import (crop_from_full_frame, is_crop_image, read_image, resize_image,
-                             unsafe_image_path)
+                             shown_image_path, unsafe_image_path)
 from utils.errors import MetaPoseError
 from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 
@@ -119,7 +119,8 @@ class PoseFrameDataset(torch.utils.data.Dataset):
         problem = unsafe_image_path(relative)
         if problem is not None:
             raise _UnsafeImagePath(
-                f"label file '{self.source}': row {int(frame)} has the image path {relative!r}, "
+                f"label file '{self.source}': row {int(frame)} has the image path "
+                f"{shown_image_path(relative)}, "
                 f"which {problem}; image paths must be relative to the image folder. Re-create "
                 "the labels with the dataset's preparation tool (tools/prepare_*.py).")
         return os.path.join(self.image_dir, relative)

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from datasets.images import unsafe_image_path, write_crop_file
+from datasets.images import shown_image_path, unsafe_image_path, write_crop_file
 from utils.errors import MetaPoseError
 
 OUTCOMES = ("written", "present", "missing frame", "unreadable frame")
@@ -45,7 +45,7 @@ class CropJob:
         name = name.decode("utf-8") if isinstance(name, bytes) else str(name)
         problem = unsafe_image_path(name)
         if problem is not None:
-            raise MetaPoseError(f"image path {name!r} {problem}; refusing to read or write "
+            raise MetaPoseError(f"image path {shown_image_path(name)} {problem}; refusing to read or write "
                                 "outside the image folders.")
         frame, crop = os.path.join(self.frames_dir, name), os.path.join(self.crops_dir, name)
         if os.path.isfile(crop):

@@ -2,10 +2,10 @@
 
 import functools
 import gc
-import os
 import pickle
 
 from utils.errors import MetaPoseError
+from utils.input_files import require_file
 
 # Every global a label pickle (lists of dicts of numbers, strings and numpy arrays) may name.
 # Python 2 pickles and protocols 0-2 spell builtins as `__builtin__` and bytes via `_codecs`;
@@ -111,12 +111,11 @@ def load_pickle_safely(path):
 
 
 def require_label_file(path):
-    """Raises the MetaPoseError for a label file that does not exist."""
-    if not os.path.isfile(path):
-        raise MetaPoseError(
-            f"label file '{path}' does not exist. Check data.root and data.train_file / "
-            "data.val_file, create real labels with tools/prepare_h36m.py, or a synthetic set "
-            "with tools/make_synthetic.py.")
+    """Raises the MetaPoseError for a label file that does not exist or is not a regular file
+    (a folder, FIFO or device: never opened)."""
+    require_file(path, "label file", "Check data.root and data.train_file / data.val_file, "
+                 "create real labels with tools/prepare_h36m.py, or a synthetic set with "
+                 "tools/make_synthetic.py.")
 
 
 def unpickling_failure(path, error):

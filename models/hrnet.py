@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.errors import MetaPoseError
+from utils.input_files import file_problem, shown_path
 
 BN_MOMENTUM = 0.1
 
@@ -393,10 +394,11 @@ def build_image_encoder(type: str, pretrained, frozen: bool = True, width=None,
     channels = HRNET_TYPES[type] if width is None else int(width)
     if pretrained is not None and not weights_from_checkpoint:
         pretrained = os.fspath(pretrained)
-        if not os.path.isfile(pretrained):
+        problem = file_problem(pretrained)
+        if problem is not None:
             raise MetaPoseError(
-                f"HRNet checkpoint {pretrained} (model.image_encoder.pretrained) not found. Put the "
-                f"official COCO 256x192 pose_hrnet checkpoint for {type} at "
+                f"HRNet checkpoint '{shown_path(pretrained)}' (model.image_encoder.pretrained) "
+                f"{problem}. Put the official COCO 256x192 pose_hrnet checkpoint for {type} at "
                 f"{default_checkpoint_path(type)} (hrnet_32: {default_checkpoint_path('hrnet_32')}, "
                 f"hrnet_48: {default_checkpoint_path('hrnet_48')}) and point "
                 "model.image_encoder.pretrained at it, or set model.image_encoder.pretrained=null "

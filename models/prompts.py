@@ -22,9 +22,9 @@ from typing import Optional
 
 import yaml
 
-from utils.config import safe_load_yaml
 from utils.errors import MetaPoseError
 from utils.skeleton import ACTION_IDS, ACTION_NAMES, NUM_JOINTS
+from utils.yaml_files import load_yaml_file
 
 TEXT_MODES = ("joint", "joint_action")
 
@@ -184,11 +184,9 @@ def resolve_prompts_path(path):
 
 
 def load_prompts(path=DEFAULT_PROMPTS_FILE):
-    """Reads and validates a prompts file (yaml.safe_load). Returns Prompts."""
+    """Reads (utils/yaml_files.py: strict YAML) and validates a prompts file. Returns Prompts."""
     resolved = resolve_prompts_path(path)
-    if not os.path.isfile(resolved):
-        raise MetaPoseError(f"prompts file '{path}' (model.text_encoder.prompts) does not exist. "
-                            f"Point the key at a prompts file, e.g. {DEFAULT_PROMPTS_FILE}, or "
-                            "write one with tools/import_prompts.py.")
-    content = safe_load_yaml(resolved, "prompts file")
+    content = load_yaml_file(resolved, "prompts file",
+                             f"Point model.text_encoder.prompts at a prompts file, e.g. "
+                             f"{DEFAULT_PROMPTS_FILE}, or write one with tools/import_prompts.py.")
     return parse_prompts(content, resolved)

@@ -27,6 +27,7 @@ from models.clip_text import (CLIP_TEXT_CONFIGS, CONTEXT_LENGTH, HEAD_WIDTH, VOC
                               CLIPTextTransformer, QuickGELU, load_clip_text_weights)
 from models.prompts import DEFAULT_PROMPTS_FILE, TEXT_MODES, load_prompts
 from utils.errors import MetaPoseError
+from utils.input_files import file_problem, shown_path
 from utils.skeleton import FIRST_ACTION_ID, JOINT_NAMES, NUM_ACTIONS, NUM_JOINTS
 
 __all__ = ["CLIP_TEXT_CONFIGS", "CLIPTextTransformer", "QuickGELU", "PromptedTextEncoder",
@@ -390,10 +391,11 @@ def build_text_encoder(type, pretrained, mode, prompt_tokens, width=None, layers
                       "randomly initialised, so its features carry no language knowledge "
                       "(fine for tests and the synthetic demo).", stacklevel=2)
         return encoder
-    if not os.path.isfile(pretrained):
+    problem = file_problem(pretrained)
+    if problem is not None:
         raise MetaPoseError(
-            f"CLIP weights '{pretrained}' (model.text_encoder.pretrained) do not exist. Put the "
-            f"OpenAI file at data/pretrained/clip/{spec['file']} or set "
+            f"CLIP weights '{shown_path(pretrained)}' (model.text_encoder.pretrained) {problem}. "
+            f"Put the OpenAI file at data/pretrained/clip/{spec['file']} or set "
             "model.text_encoder.pretrained=null for a random initialisation.")
     load_clip_text_weights(encoder.clip, pretrained, type)
     encoder.reset_prompts()

@@ -199,6 +199,15 @@ def _garbage_last_val_image(path_of):
     _write(path_of(VAL_FRAMES - 1), b"this is not a JPEG\n")
 
 
+def _huge_last_val_image(path_of):
+    """The JPEG of the last frame with a header that declares 60000x60000 pixels."""
+    with open(path_of(VAL_FRAMES - 1), "rb") as handle:
+        data = bytearray(handle.read())
+    frame = data.find(b"\xff\xc0")
+    data[frame + 5:frame + 9] = (60000).to_bytes(2, "big") * 2
+    _write(path_of(VAL_FRAMES - 1), bytes(data))
+
+
 def _cut_last_val_image(path_of):
     with open(path_of(VAL_FRAMES - 1), "rb") as handle:
         data = handle.read()
@@ -275,7 +284,8 @@ CASES = {
     "checkpoint of another encoder width": (
         lambda w: _evaluate(w, "width", "model.image_encoder.width=8"),
         ["last.pt", "'image_encoder.", "(4, 256, 3, 3) in the file", "(8, 256, 3, 3) in the model",
-         "model.image_encoder.width (4 -> 8)"]),
+         "model.image_encoder.width (4 in the checkpoint, 8 from command-line override "
+         "'model.image_encoder.width=8')"]),
     "truncated checkpoint (--resume)": (
         lambda w: w.base_args("resume1", "--resume", _truncated_checkpoint(w)),
         ["truncated.pt", "truncated"]),
@@ -353,6 +363,10 @@ CASES = {
         lambda w: _evaluate(w, "img", "data.image_dir="
                             + w.image_dir("cut", _cut_last_val_image)),
         ["truncated JPEG", "data.skip_bad_images"]),
+    "JPEG declaring 60000x60000 pixels": (
+        lambda w: _evaluate(w, "img", "data.image_dir="
+                            + w.image_dir("huge", _huge_last_val_image)),
+        ["declares 60000x60000 pixels in its JPEG header", "data.skip_bad_images"]),
 }
 
 

@@ -153,6 +153,8 @@ def test_resolved_yaml_round_trips(tmp_path):
     ("model.embed_dim=36", ["'model.embed_dim'", "is 36", "not divisible by 8",
                             "'model.lift_heads'"]),
     ("model.lift_heads=3", ["'model.embed_dim'", "not divisible by 3"]),
+    ("seed=99999999999999999999", ["'seed'", "99999999999999999999", "in [0, 4294967295]"]),
+    ("data.synthetic.seed=4294967296", ["'data.synthetic.seed'", "in [0, 4294967295]"]),
 ])
 def test_out_of_range_values_name_key_value_and_range(override, words):
     with pytest.raises(MetaPoseError) as error:
@@ -210,3 +212,110 @@ def test_base_that_is_not_a_path(tmp_path, base):
         load_config(path)
     assert "'_base_'" in str(error.value) and path in str(error.value)
     assert "path of the YAML file" in str(error.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Strict YAML: a key written twice, nesting, keys written with dots
+
+
+@pytest.mark.parametrize("text, key, lines", [
+    ("train:\n  epochs: 3\nmodel:\n  depth: 1\ntrain:\n  lr: 0.1\n", "train", "lines 1 and 5"),
+    ("model:\n  depth: 1\n  embed_dim: 32\n  depth: 2\n", "model.depth", "lines 2 and 4"),
+    ("seed: 1\n'seed': 2\n", "seed", "lines 1 and 2"),
+    ("model:\n  image_encoder:\n    frozen: true\n    type: hrnet_32\n    frozen: false\n",
+     "model.image_encoder.frozen", "lines 3 and 5"),
+])
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path, text, key, lines):
+    path = write(tmp_path, "twice.yaml", text)
+    with pytest.raises(MetaPoseError) as error:
+        load_config(path)
+    assert str(error.value).startswith(f"config file '{path}' has the key '{key}' twice ({lines})")
+
+
+def test_merge_keys_may_still_override_what_they_merge(tmp_path):
+    path = write(tmp_path, "merge.yaml", "train: &base\n  epochs: 3\n  lr: 0.1\n"
+                                         "eval:\n  every: 2\n")
+    assert load_config(path).train.epochs == 3
+    from utils.yaml_files import parse_yaml
+    assert parse_yaml("a: &x {b: 1, c: 2}\nd:\n  <<: *x\n  b: 3\n", "test") == \
+        {"a": {"b": 1, "c": 2}, "d": {"b": 3, "c": 2}}
+
+
+def test_a_key_written_twice_in_an_override_value_is_refused():
+    with pytest.raises(MetaPoseError, match=r"'train\.epochs=\{a: 1, a: 2\}' has the key 'a' "
+                                            r"twice \(both on line 1\)"):
+        load_config(None, ["train.epochs={a: 1, a: 2}"])
+
+
+@pytest.mark.parametrize("text", ["a: " + "[" * 100_000, "model: " + "{b: " * 50_000,
+                                  "data:\n  image_size: &a [*a, 1]\n"])
+def test_deep_or_recursive_yaml_is_one_clear_error(tmp_path, text):
+    path = write(tmp_path, "deep.yaml", text)
+    with pytest.raises(MetaPoseError) as error:
+        load_config(path)
+    assert path in str(error.value)
+
+
+@pytest.mark.parametrize("text, key, section, leaf", [
+    ("'train.lr': 1\n", "train.lr", "train", "lr"),
+    ("model:\n  image_encoder.frozen: false\n", "model.image_encoder.frozen", "image_encoder",
+     "frozen"),
+])
+def test_a_key_written_with_dots_in_a_file_says_how_to_nest_it(tmp_path, text, key, section,
+                                                               leaf):
+    path = write(tmp_path, "dotted.yaml", text)
+    with pytest.raises(MetaPoseError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"config key '{key}' in '{path}' is one name that holds a dot")
+    assert f"write '{section}:' on one line and '{leaf}: ...' indented below it" in message
+    assert "Did you mean" not in message
+
+
+def test_a_config_that_is_not_a_regular_file_is_named_as_what_it_is(tmp_path):
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    for path, problem in ((tmp_path, "is a folder, not a file"),
+                          (fifo, "is a FIFO (named pipe), not a regular file"),
+                          ("/dev/zero", "is a device, not a regular file")):
+        with pytest.raises(MetaPoseError, match="Pass an existing YAML file") as error:
+            load_config(str(path))
+        assert f"config file '{path}' {problem}." in str(error.value)
+
+
+@pytest.mark.parametrize("override", ["data.image_size=[[1], 2]", "data.image_size=[a, 2]",
+                                      "data.image_size=[64.5, 48]", "model.drop_path=[0.1, x]"])
+def test_every_entry_of_a_list_setting_has_its_type(override):
+    with pytest.raises(MetaPoseError, match="each entry must be"):
+        load_config(None, [override])
+
+
+def test_the_largest_seed_runs_where_seeds_are_used():
+    """The seed range is the one the samplers, loaders and RNG seeding take."""
+    from datasets.loaders import build_train_loader
+    from utils import distributed as dist_utils
+    from utils.config import MAX_SEED
+
+    class Context:
+        world_size, rank, device = 1, 0, __import__("torch").device("cpu")
+
+    class Frames(list):
+        epoch = None
+
+        def set_epoch(self, epoch):
+            self.epoch = epoch
+
+    config = load_config(None, [f"seed={MAX_SEED}", f"data.synthetic.seed={MAX_SEED}"])
+    loader = build_train_loader(Frames(range(10)), 4, 0, config.seed, Context())
+    loader.generator.manual_seed(dist_utils.epoch_seed(config.seed, 0, 3))
+    dist_utils.seed_everything(config.seed + 1)
+    assert sum(len(batch) for batch in loader) == 8
+
+
+def test_make_synthetic_takes_the_seeds_the_config_takes(capsys):
+    from tools import make_synthetic
+    from utils.config import MAX_SEED
+    assert make_synthetic.parse_args(["--out", "x", "--seed", str(MAX_SEED)]).seed == MAX_SEED
+    with pytest.raises(SystemExit):
+        make_synthetic.parse_args(["--out", "x", "--seed", "99999999999999999999"])
+    assert "expected an integer from 0 to 4294967295" in capsys.readouterr().err

@@ -515,3 +515,94 @@ def test_full_disk_under_the_log_and_tensorboard_is_one_warning_each(tmp_path, c
     assert text.count("warning: cannot write the log file") == 1, text
     assert text.count("cannot write TensorBoard events to") == 1, text
     assert "step 2" in captured.out  # the console still has every line
+
+
+# ---------------------------------------------------------------------------------------------
+# The position a checkpoint records is checked against its schedule and the data on --resume
+
+
+def rewrite_checkpoint(path, **fields):
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint.update(fields)
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("batches_done", 10 ** 6, "its field 'batches_done' says 1,000,000 batches of epoch 2 were "
+                              "trained, but an epoch of its data has 8 steps"),
+    ("epoch", 2 ** 70, "its field 'epoch' says 1,180,591,620,717,411,303,424 epochs were "
+                       "completed, but its learning-rate schedule stepped 1 time"),
+])
+def test_a_resume_position_beyond_the_data_or_the_schedule_is_refused(space, field, value,
+                                                                      words):
+    """Before: the run trained 0 steps of a NaN-loss epoch and saved it, or said it was done
+    after 2**70 epochs."""
+    name = f"position_{field}"
+    run_dir = space.copy_run("one", name)
+    last = os.path.join(run_dir, "checkpoints", "last.pt")
+    rewrite_checkpoint(last, **{field: value})
+    kept = {path: read_bytes(path) for path in glob.glob(os.path.join(run_dir, "**", "*"),
+                                                         recursive=True)
+            if os.path.isfile(path) and not path.endswith("log.txt")}
+    output = os.path.join(space.root, name + ".txt")
+    assert run_train_in_fork(space.args(name, "--resume", "train.epochs=2"), output=output) == 2
+    error = read(output).strip().splitlines()[-1]
+    assert error.startswith(f"error: '{last}' cannot be resumed by this version of MetaPose") \
+        and words in error and "Traceback" not in read(output), read(output)[-3000:]
+    assert {path: read_bytes(path) for path in kept} == kept
+
+
+@pytest.mark.parametrize("fields, epochs, words", [
+    ({"epoch": 10 ** 9}, 2, "says 1,000,000,000 epochs were completed, but its learning-rate "
+                            "schedule stepped 1 time"),
+    ({"best_epoch": 5}, 2, "its field 'best_epoch' (5) comes after the 1 completed epochs"),
+    ({"epoch": 0, "scheduler_steps": 0, "eval_pending": True, "best_epoch": None}, 2,
+     "evaluation pending before any epoch"),
+    ({"epoch": 7, "scheduler_steps": 7}, 2, "has completed 7 epochs, more than train.epochs = 2 "
+                                             "(from command-line override 'train.epochs=2'): "
+                                             "there is nothing left to train"),
+    ({"epoch": 2, "scheduler_steps": 2, "batches_done": 3}, 2,
+     "has completed 2 epochs and 3 batches of the next, more than train.epochs = 2"),
+    ({}, 1, None), ({"epoch": 2, "scheduler_steps": 2}, 2, None),
+])
+def test_the_resume_position_fits_the_schedule(space, fields, epochs, words):
+    from utils.config import load_config
+    from utils.training_checkpoint import check_resume_position
+
+    checkpoint = load(space.run_dir("one"), "last.pt")
+    steps = fields.pop("scheduler_steps", None)
+    checkpoint.update(fields)
+    if steps is not None:
+        checkpoint["scheduler"]["last_epoch"] = steps
+    config = load_config(TINY, [f"train.epochs={epochs}"])
+    if words is None:
+        check_resume_position(checkpoint, "x.pt", config)
+        return
+    with pytest.raises(MetaPoseError) as error:
+        check_resume_position(checkpoint, "x.pt", config)
+    assert words in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.image_encoder.frozen=false", "model.image_encoder.frozen (True in the checkpoint, "
+                                         "False from command-line override "
+                                         "'model.image_encoder.frozen=false')"),
+    ("model.text_encoder.train_prompts=true", "model.text_encoder.train_prompts (False in the "
+                                              "checkpoint, True from command-line override "
+                                              "'model.text_encoder.train_prompts=true')"),
+])
+def test_an_override_that_changes_the_trainable_parameters_is_named_as_the_cause(space, override,
+                                                                              key):
+    """Before: "a damaged training checkpoint: its optimizer state holds 120 trainable
+    parameters ...", although the file is fine and the override is the cause."""
+    name = "changed_" + override.split("=")[0].replace(".", "_")
+    run_dir = space.copy_run("one", name)
+    output = os.path.join(space.root, name + ".txt")
+    assert run_train_in_fork(space.args(name, "--resume", "train.epochs=2", override),
+                             output=output) == 2, read(output)[-3000:]
+    error = read(output).strip().splitlines()[-1]
+    last = os.path.join(run_dir, "checkpoints", "last.pt")
+    assert error.startswith(f"error: '{last}' cannot be resumed with the model settings of this "
+                            "run: its optimizer state holds "), error
+    assert f"because they differ from the checkpoint's: {key}" in error, error
+    assert "damaged" not in error and "--checkpoint FILE" in error

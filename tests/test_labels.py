@@ -439,3 +439,42 @@ def test_streamed_conversion_matches_an_in_memory_one(tmp_path):
         assert set(columns) == set(expected)
         for name in expected:
             np.testing.assert_array_equal(columns[name], expected[name], err_msg=name)
+
+
+@pytest.mark.parametrize("image, words", [
+    ("a" * 10_000_000, "is 10,000,000 bytes long, more than the 1,024 an image path may have"),
+    ("s_01/" + "b" * 300 + ".jpg", "holds a name of 304 bytes, more than the 255"),
+])
+def test_an_overlong_image_path_is_refused_briefly_and_nothing_is_cached(tmp_path, image, words):
+    """Before: the path was cached at its full width for every frame (a 641 MB cache for 64
+    frames) and only reading the image failed, with the whole path in the message."""
+    path = str(tmp_path / "bad.pkl")
+    with open(path, "wb") as handle:
+        pickle.dump(_with(3, "image", image), handle)
+    with pytest.raises(MetaPoseError) as error:
+        load_labels(path)
+    message = str(error.value)
+    assert "entry 3, key 'image'" in message and words in message and len(message) < 1000
+    assert sorted(os.listdir(tmp_path)) == [".bad.pkl.columns.lock", "bad.pkl"]
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda entries: entries[2].__setitem__("image", "s_01/a\udcffb.jpg"),
+     ["entry 2, key 'image'", "lone UTF-16 surrogates"]),
+    (lambda entries: entries[4].__setitem__("camera", dict(entries[4]["camera"], fx=10 ** 400)),
+     ["entry 4, key 'camera.fx'", "an integer beyond the range of any float"]),
+    (lambda entries: entries[1].__setitem__("center", [3, 10 ** 400]),
+     ["entry 1, key 'center'"]),
+])
+def test_a_valid_pickle_with_values_no_label_holds_names_the_entry(tmp_path, change, words):
+    """Before: the conversion's own exception was reported as "not a valid pickle"."""
+    entries = make_entries(6)
+    change(entries)
+    path = str(tmp_path / "bad.pkl")
+    with open(path, "wb") as handle:
+        pickle.dump(entries, handle)
+    with pytest.raises(MetaPoseError) as error:
+        load_labels(path)
+    for word in words:
+        assert word in str(error.value), str(error.value)
+    assert "not a valid pickle" not in str(error.value)

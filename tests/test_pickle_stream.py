@@ -139,3 +139,18 @@ def test_unsafe_truncated_and_missing_files(tmp_path):
         handle.write(b"c__metapose_stream_0\ncollector\n)R.")
     with pytest.raises(MetaPoseError, match="refusing"):
         _stream(path, prune_every=10)
+
+
+def test_a_failure_of_the_receiver_is_not_called_a_damaged_pickle(tmp_path):
+    path = str(tmp_path / "list.pkl")
+    with open(path, "wb") as handle:
+        pickle.dump(list(range(1000)), handle)
+
+    def on_batch(items, offset):
+        if offset >= 600:
+            raise ValueError("no entry of mine")
+    with pytest.raises(MetaPoseError) as error:
+        stream_pickled_list(path, on_batch, lambda: None, batch_size=300)
+    message = str(error.value)
+    assert "is a valid pickle, but its entries 600 to 899 are not label entries" in message
+    assert "ValueError: no entry of mine" in message and "not a valid pickle" not in message

@@ -98,9 +98,30 @@ def test_broken_prompts_files_name_the_file_and_the_key(tmp_path, name, change, 
     assert str(path) in str(error.value)
 
 
+@pytest.mark.parametrize("key, repeat", [
+    ("template", lambda text: text + "template: '{joint} {action}'\n"),
+    ("descriptions.Walking", lambda text: text.replace("  Walking:", "  Walking: once\n  Walking:")),
+])
+def test_a_key_written_twice_in_a_prompts_file_is_refused(tmp_path, key, repeat):
+    path = tmp_path / "twice.yaml"
+    write_prompts_file(path, placeholder_content())
+    path.write_text(repeat(path.read_text(encoding="utf-8")), encoding="utf-8")
+    with pytest.raises(MetaPoseError, match=f"prompts file '{re.escape(str(path))}' has the key "
+                                            f"'{re.escape(key)}' twice"):
+        load_prompts(str(path))
+
+
+def test_a_prompts_path_that_is_not_a_regular_file_is_named_as_what_it_is(tmp_path):
+    with pytest.raises(MetaPoseError, match="is a folder, not a file. Point "
+                                            "model.text_encoder.prompts at"):
+        load_prompts(str(tmp_path))
+    with pytest.raises(MetaPoseError, match="is a device, not a regular file"):
+        load_prompts("/dev/zero")
+
+
 def test_unreadable_prompts_files(tmp_path):
-    with pytest.raises(MetaPoseError, match=r"'nope\.yaml' \(model\.text_encoder\.prompts\) "
-                                            "does not exist"):
+    with pytest.raises(MetaPoseError, match=r"'nope\.yaml' does not exist\. Point "
+                                            r"model\.text_encoder\.prompts at"):
         load_prompts("nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("template: [unclosed\n", encoding="utf-8")
@@ -228,3 +249,21 @@ def test_imported_yaml_is_plain_safe_yaml(tmp_path, capsys):
     content = yaml.safe_load(out.read_text(encoding="utf-8"))
     assert set(content) == {"source", "template", "joint_template", "joints", "parts",
                             "descriptions"}
+
+
+@pytest.mark.parametrize("source", [
+    "x = " + "+".join(["'a'"] * 200_000),  # RecursionError while the parser builds the tree
+    "x = a" + ".b" * 100_000,
+    "x = " + "-" * 100_000 + "1",  # MemoryError from the parser's own stack
+])
+def test_import_tool_on_expressions_too_deep_for_the_parser(tmp_path, capsys, source):
+    code, output, out = run_tool(tmp_path, source, capsys)
+    assert code == 2 and output.err.startswith("error: --train-py '"), output.err[-2000:]
+    assert "nests an expression too deeply for Python's parser" in output.err
+    assert output.err.count("\n") == 1 and not out.exists()
+
+
+def test_import_tool_says_no_line_when_the_parser_gives_none(tmp_path, capsys):
+    code, output, _ = run_tool(tmp_path, "x = 1\0\n", capsys)
+    assert code == 2 and "is not valid Python (source code string cannot contain null bytes)" \
+        in output.err and "line None" not in output.err

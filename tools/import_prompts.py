@@ -27,10 +27,13 @@ from utils.atomic_files import atomic_write_text, name_output_flag  # noqa: E402
 from utils.checkpoint import file_sha256  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
+from utils.input_files import read_regular_file, shown_path  # noqa: E402
 from utils.skeleton import NUM_JOINTS  # noqa: E402
 
 PUBLISHED_JOINT_TEMPLATE = "{joint}"
 VARIABLES = ("template", "pre_text_joint", "pre_text_part", "pre_text_action")
+# The published train.py is about 30 kB; a file far larger is not it.
+MAX_TRAIN_PY_BYTES = 4 * 1024 * 1024
 
 
 def build_parser():
@@ -47,19 +50,24 @@ def parse_args(argv):
 
 def read_module(path):
     """(source text, ast.Module) of the Python file `path`."""
-    if not os.path.isfile(path):
-        raise MetaPoseError(f"--train-py '{path}' does not exist. Pass the train.py of your "
-                            "clone of the authors' MetaPose repository.")
+    data = read_regular_file(path, "--train-py", "Pass the train.py of your clone of the "
+                             "authors' MetaPose repository.", max_bytes=MAX_TRAIN_PY_BYTES)
     try:
-        with open(path, "r", encoding="utf-8") as handle:
-            text = handle.read()
-    except (OSError, UnicodeDecodeError) as error:
-        raise MetaPoseError(f"--train-py '{path}' cannot be read ({error}).") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise MetaPoseError(f"--train-py '{shown_path(path)}' is not UTF-8 text ({error}); pass "
+                            "the published train.py unchanged.") from None
     try:
         return text, ast.parse(text, filename=path)
     except SyntaxError as error:
-        raise MetaPoseError(f"--train-py '{path}' is not valid Python (line {error.lineno}: "
+        where = f"line {error.lineno}: " if error.lineno else ""
+        raise MetaPoseError(f"--train-py '{shown_path(path)}' is not valid Python ({where}"
                             f"{error.msg}); pass the published train.py unchanged.") from None
+    except (RecursionError, MemoryError):  # the parser's own limits (nothing was run)
+        raise MetaPoseError(
+            f"--train-py '{shown_path(path)}' nests an expression too deeply for Python's "
+            "parser (e.g. thousands of chained operators or calls), so it cannot be read; the "
+            "published train.py holds no such expression: pass it unchanged.") from None
 
 
 def assignments(module):

@@ -23,23 +23,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from datasets.registry import DATASET_MODULES, dataset_module  # noqa: E402
 from utils.atomic_files import name_output_flag  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
+from utils.config import MAX_SEED  # noqa: E402
 
 
-def _int_at_least(minimum, what):
-    """An argparse type: an integer >= `minimum`, else a message naming `what` it must be."""
+def _int_at_least(minimum, what, maximum=None):
+    """An argparse type: an integer >= `minimum` (and <= `maximum`), else a message naming
+    `what` it must be."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
         return value
     return parse
 
 
 _positive_int = _int_at_least(1, "a positive integer")
-_seed = _int_at_least(0, "a non-negative integer")
+_seed = _int_at_least(0, f"an integer from 0 to {MAX_SEED}", MAX_SEED)
 
 
 def build_parser():

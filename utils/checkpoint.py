@@ -11,6 +11,7 @@ import torch
 
 from utils.atomic_files import atomic_write
 from utils.errors import MetaPoseError
+from utils.input_files import require_file
 
 # Prefixes that wrappers add to state-dict keys: DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -54,14 +55,11 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
         whatever was saved (a dict for training checkpoints and state dicts).
     Raises:
         MetaPoseError for a missing, truncated or foreign file (not written by torch.save, or
-        holding arbitrary Python objects that weights-only loading refuses).
+        holding arbitrary Python objects that weights-only loading refuses), or a path that is
+        not a regular file (a folder, FIFO, device: never opened).
     """
-    if not os.path.exists(path):
-        raise MetaPoseError(f"checkpoint '{path}' does not exist. Pass an existing file, e.g. "
-                            "logs/<run>/checkpoints/best.pt.")
-    if not os.path.isfile(path):
-        raise MetaPoseError(f"checkpoint '{path}' is a folder, not a file. Pass the checkpoint "
-                            "file itself, e.g. logs/<run>/checkpoints/best.pt.")
+    require_file(path, "checkpoint", "Pass the checkpoint file itself, e.g. "
+                 "logs/<run>/checkpoints/best.pt.")
     try:
         with warnings.catch_warnings():  # foreign pickles: the error below says it better
             warnings.filterwarnings("ignore", message=".*pickle protocol.*")

@@ -10,6 +10,8 @@ from easydict import EasyDict
 
 from datasets.registry import DATASET_MODULES
 from utils.errors import MetaPoseError
+from utils.input_files import shown_path
+from utils.yaml_files import YamlSyntaxError, load_yaml_file, parse_yaml
 
 DEFAULTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "defaults.yaml")
 
@@ -66,13 +68,17 @@ CHOICES = {
 # data.image_size) is checked element by element and null (for nullable keys) is always allowed.
 # Every number must also be finite. tests/test_config.py fails for a numeric key without a line
 # here, so a new numeric key needs its range added next to its default.
+# Seeds: NumPy's global seed, the samplers' and the flips' streams take 32-bit seeds, so a larger
+# seed would alias a smaller one (or overflow torch's 64-bit generator).
+MAX_SEED = 2 ** 32 - 1
+
 NUMERIC_RANGES = {
-    "seed": Range(0, None),
+    "seed": Range(0, MAX_SEED),
     "data.image_size": Range(8, None),               # pixels; the encoder's stem divides by 4
     "data.num_workers": Range(0, None),
     "data.synthetic.train_frames": Range(1, None),
     "data.synthetic.val_frames": Range(1, None),
-    "data.synthetic.seed": Range(0, None),
+    "data.synthetic.seed": Range(0, MAX_SEED),
     "model.image_encoder.width": Range(1, None),
     "model.text_encoder.prompt_tokens": Range(0, 75),  # 77 CLIP tokens hold SOT, prompts, EOT
     "model.text_encoder.width": Range(1, None),
@@ -113,33 +119,24 @@ DIVISIBLE_BY = [
 BASE_KEY = "_base_"
 
 
+CONFIG_REMEDY = ("Pass an existing YAML file with --config, for example "
+                 "experiments/synthetic/demo.yaml or experiments/human36m/human36m.yaml.")
+
+
 def safe_load_yaml(path, kind):
-    """yaml.safe_load of the file `path`; bad YAML or an unreadable file is a MetaPoseError that
-    names the `kind` of file (e.g. "config file"), the path and the line."""
-    try:
-        with open(path, "r", encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise MetaPoseError(f"{kind} '{path}' is not valid YAML{where}: {problem}. "
-                            "Fix the syntax there (indentation, colons, quotes).") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise MetaPoseError(f"{kind} '{path}' cannot be read ({error}).") from None
+    """The YAML in the file `path` read strictly (utils/yaml_files.py); bad YAML, a key written
+    twice or a path that is not a readable file is a MetaPoseError naming the `kind` of file
+    (e.g. "config file"), the path and the line."""
+    return load_yaml_file(path, kind)
 
 
 def _read_yaml(path):
-    if not os.path.isfile(path):
-        raise MetaPoseError(
-            f"config file '{path}' does not exist. Pass an existing YAML file with --config, "
-            "for example experiments/synthetic/demo.yaml or experiments/human36m/human36m.yaml.")
-    content = safe_load_yaml(path, "config file")
+    content = load_yaml_file(path, "config file", CONFIG_REMEDY)
     if content is None:
         return {}
     if not isinstance(content, dict):
-        raise MetaPoseError(f"config file '{path}' must hold a mapping of keys at the top level, "
-                            f"found {type(content).__name__}.")
+        raise MetaPoseError(f"config file '{shown_path(path)}' must hold a mapping of keys at "
+                            f"the top level, found {type(content).__name__}.")
     return content
 
 
@@ -165,6 +162,17 @@ def _type_name(value_type):
             list: "a list", dict: "a mapping"}.get(value_type, value_type.__name__)
 
 
+def _check_entry(key, value, item, expected, default, source):
+    """One entry of the list setting `value`, of the type of the default's entries (an integer
+    also counts as a number)."""
+    if expected is float and type(item) is int:
+        return float(item)
+    if type(item) is not expected:
+        raise MetaPoseError(f"'{key}' in {source} is {value!r} but each entry must be "
+                            f"{_type_name(expected)} (default: {default!r}).")
+    return item
+
+
 def _check_value(key, value, default, source):
     """Returns `value` converted to the type of `default`, or raises naming the key and file."""
     if value is None:
@@ -187,6 +195,9 @@ def _check_value(key, value, default, source):
     if isinstance(default, list) and default and len(value) != len(default):
         raise MetaPoseError(f"'{key}' in {source} has {len(value)} entries but must have "
                             f"{len(default)} (default: {default!r}).")
+    if isinstance(default, list) and default:
+        value = [_check_entry(key, value, item, type(default[0]), default, source)
+                 for item in value]
     choices = CHOICES.get(key)
     if choices is not None and value not in choices:
         raise MetaPoseError(f"'{key}' in {source} is {value!r}; valid values are "
@@ -228,11 +239,24 @@ def _unknown_key_error(key, defaults, source):
                          "Every valid key is listed with its meaning in utils/defaults.yaml.")
 
 
+def _dotted_key_error(key, name, source):
+    """A key written as one name with dots ('train.lr': 1): YAML nests sections by indentation,
+    and only command-line overrides spell the path with dots."""
+    section, _, leaf = name.partition(".")
+    return MetaPoseError(
+        f"config key '{key}' in {source} is one name that holds a dot, not the key '{leaf}' "
+        f"inside the section '{section}': in a YAML file write '{section}:' on one line and "
+        f"'{leaf}: ...' indented below it; dotted names are for command-line overrides "
+        f"({key}=VALUE).")
+
+
 def _merge(target, update, defaults, source, sources, prefix=""):
     """Merges `update` into `target`, checking keys and types; `sources[key]` records where each
     value set here came from (for the range check's message)."""
     for name, value in update.items():
         key = prefix + str(name)
+        if isinstance(name, str) and "." in name and name not in defaults:
+            raise _dotted_key_error(key, name, source)
         if name not in defaults:
             raise _unknown_key_error(key, _DEFAULTS_CACHE, source)
         default = defaults[name]
@@ -283,8 +307,9 @@ def _parse_override(text):
                             "for example train.epochs=5.")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = parse_yaml(raw, f"the value of command-line override '{text}'") \
+            if raw.strip() else None
+    except YamlSyntaxError:  # not YAML: the text itself (e.g. a path with a colon)
         value = raw
     tree = {}
     node = tree
@@ -348,7 +373,19 @@ def _finish(merged, sources, overrides, config_path):
     _check_ranges(merged, sources)
     config = EasyDict(merged)
     config["config_path"] = config_path
+    # Kept beside the keys (an attribute, not an item: it is no setting and never saved).
+    object.__setattr__(config, _SOURCES_ATTRIBUTE, dict(sources))
     return config
+
+
+_SOURCES_ATTRIBUTE = "_setting_sources"
+
+
+def setting_source(config, key):
+    """Where the value of the dotted `key` in `config` (from load_config or
+    config_from_mapping) was set: "'<file>'", "command-line override '<text>'", ... or
+    "utils/defaults.yaml" when nothing overrode the default."""
+    return getattr(config, _SOURCES_ATTRIBUTE, {}).get(key, "utils/defaults.yaml")
 
 
 def config_to_yaml(config):

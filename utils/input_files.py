@@ -17,12 +17,26 @@ from utils.errors import MetaPoseError
 MAX_SHOWN_PATH = 240
 
 
+def printable(text):
+    """`text` with what cannot be written as UTF-8 spelled out: a byte of a file name that is
+    not UTF-8 (Python holds it as a lone surrogate, e.g. '\\udcff') as \\xff, any other lone
+    surrogate as \\udXXX. Messages, logs and config.yaml can then always be written."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that no file-name byte gives (e.g. '\\ud800')
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 def shown_path(path):
-    """`path` for a message: whole when short, else its start and end with the length between."""
+    """`path` for a message: whole when short, else its start and end with the length between;
+    bytes that are not UTF-8 spelled out (see `printable`)."""
     path = os.fspath(path)
-    if len(path) <= MAX_SHOWN_PATH:
-        return path
-    return f"{path[:160]}...{path[-60:]} ({len(path):,} characters)"
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    if len(path) > MAX_SHOWN_PATH:
+        return f"{printable(path[:160])}...{printable(path[-60:])} ({len(path):,} characters)"
+    return printable(path)
 
 
 def _kind_of_mode(mode):

@@ -7,12 +7,14 @@ import os
 import shutil
 import subprocess
 import time
+import unicodedata
 from dataclasses import dataclass
 
 from utils import distributed as dist_utils
 from utils.atomic_files import atomic_write_text, remove_temporaries
 from utils.config import config_to_yaml
 from utils.errors import MetaPoseError
+from utils.input_files import printable, shown_path
 from utils.run_lock import RunLock
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,7 +113,7 @@ def run_name(args, config, eval_checkpoint=None):
     """The run directory's name: --run-name, else `<config stem>_<image encoder>` for training
     and `eval_<checkpoint>_<date-time>` for --eval (an evaluation gets a folder of its own and
     never writes into the run that trained the checkpoint)."""
-    if args.run_name:
+    if args.run_name is not None:  # an empty name is refused, not replaced
         return args.run_name
     if args.eval:
         folder, stem = os.path.split(os.path.splitext(os.path.abspath(eval_checkpoint))[0])
@@ -122,10 +124,60 @@ def run_name(args, config, eval_checkpoint=None):
     return f"{stem}_{config.model.image_encoder.type}"
 
 
+# A run directory is one folder directly inside --logdir; its name appears in log lines,
+# config.yaml and TensorBoard event files, which are UTF-8, and must fit the file system
+# (NAME_MAX: 255 bytes on Linux and macOS).
+MAX_RUN_NAME_BYTES = 255
+
+
+def _name_problem(name):
+    """Why `name` cannot be a folder directly inside --logdir, or None."""
+    if not name:
+        return "is empty"
+    if name in (".", ".."):
+        return f"is '{name}', which names --logdir itself or the folder above it"
+    if os.path.isabs(name):
+        return "is an absolute path, not a folder name inside --logdir"
+    separators = [sep for sep in (os.sep, os.altsep, "/", "\\") if sep and sep in name]
+    if separators:
+        return (f"holds '{separators[0]}', so the run directory would not be a folder directly "
+                "inside --logdir")
+    if printable(name) != name or "\0" in name:
+        return "holds bytes that are not UTF-8 text, which log files and TensorBoard cannot write"
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        return "holds control characters (a line break, a tab, ...)"
+    if len(name.encode("utf-8")) > MAX_RUN_NAME_BYTES:
+        return (f"is {len(name.encode('utf-8')):,} bytes long, more than the "
+                f"{MAX_RUN_NAME_BYTES} a folder name may have")
+    return None
+
+
+def check_run_location(args, name):
+    """Raises MetaPoseError unless `name` can be a folder directly inside a --logdir that logs
+    and TensorBoard can write: nothing is ever created outside --logdir (a name such as
+    '../escape' or '/tmp/x' is refused) and nothing is created for a refused name."""
+    problem = _name_problem(name)
+    if problem is not None:
+        origin = ("--run-name" if args.run_name is not None else "the run directory name (made "
+                  "from the "
+                  + ("checkpoint" if args.eval else "config file") + " name)")
+        raise MetaPoseError(
+            f"{origin} '{shown_path(name)}' {problem}. Pass --run-name with a plain folder name "
+            "(letters, digits, '-', '_', '.'), and choose where runs are written with --logdir.")
+    logdir = os.fspath(args.logdir)
+    if not logdir or printable(logdir) != logdir or "\0" in logdir:
+        raise MetaPoseError(f"--logdir '{shown_path(logdir)}' is empty or holds bytes that are "
+                            "not UTF-8 text, which log files and TensorBoard cannot write. Pass "
+                            "another --logdir.")
+
+
 def open_run_dir(args, config, eval_checkpoint=None):
     """The RunDirectory of this run on every process. Rank 0 creates `<logdir>/<name>`, takes its
     lock before anything is written, removes temporaries of killed writes and refuses to start a
-    fresh training over old checkpoints or an evaluation in a folder that holds results."""
+    fresh training over old checkpoints or an evaluation in a folder that holds results. A name
+    that is not one folder inside --logdir is refused on every process before anything is
+    created (check_run_location)."""
+    check_run_location(args, run_name(args, config, eval_checkpoint))
     opened = dist_utils.main_first(
         lambda: _open_on_main(args, config, eval_checkpoint) if dist_utils.is_main() else None)
     root = dist_utils.broadcast_object(opened.paths.root if opened else None)
@@ -133,7 +185,7 @@ def open_run_dir(args, config, eval_checkpoint=None):
 
 
 def _open_on_main(args, config, eval_checkpoint):
-    default_eval_name = args.eval and not args.run_name
+    default_eval_name = args.eval and args.run_name is None
     root = os.path.join(args.logdir, run_name(args, config, eval_checkpoint))
     try:
         created, candidate, number = _make_folders(root, exclusive=default_eval_name), root, 1

@@ -18,6 +18,7 @@ from utils import distributed as dist_utils
 from utils.atomic_files import atomic_copy
 from utils.checkpoint import (first_non_finite, load_checkpoint, load_model_state,
                               load_model_weights, save_checkpoint)
+from utils.config import setting_source
 from utils.errors import MetaPoseError
 from utils.run_dir import git_commit, record_metrics
 
@@ -111,6 +112,41 @@ def check_training_checkpoint(checkpoint, path):
         dist_utils.set_rng_state(current)
 
 
+def check_resume_position(checkpoint, path, config):
+    """Raises MetaPoseError unless the position a training checkpoint records fits its own
+    learning-rate schedule and this run's: the scheduler stepped once per completed epoch,
+    the best epoch is one of them, a pending evaluation follows an epoch, and there is an epoch
+    left to train or evaluate within train.epochs."""
+    epoch, best_epoch = checkpoint["epoch"], checkpoint["best_epoch"]
+    steps = checkpoint["scheduler"]["last_epoch"]
+    if steps != epoch:
+        raise _damaged(path, f"its field 'epoch' says {epoch:,} epochs were completed, but its "
+                             f"learning-rate schedule stepped {steps:,} time"
+                             f"{'' if steps == 1 else 's'} (once per epoch)")
+    if best_epoch is not None and best_epoch > epoch:
+        raise _damaged(path, f"its field 'best_epoch' ({best_epoch:,}) comes after the "
+                             f"{epoch:,} completed epochs")
+    if checkpoint["eval_pending"] and epoch == 0:
+        raise _damaged(path, "it has an evaluation pending before any epoch was completed")
+    epochs, partial = config.train.epochs, checkpoint["batches_done"]
+    if epoch > epochs or (epoch == epochs and partial):
+        done = f"{epoch:,} epochs" + (f" and {partial:,} batches of the next" if partial else "")
+        raise MetaPoseError(
+            f"'{path}' has completed {done}, more than train.epochs = {epochs} "
+            f"(from {setting_source(config, 'train.epochs')}): there is nothing left to train. "
+            f"Pass train.epochs={epoch + 1} or more to train it further, or evaluate it with "
+            f"--eval --checkpoint {path}.")
+
+
+def _same_training_data(saved, current):
+    """Whether the training label file is the one the checkpoint was trained on (True when
+    either side does not record it: nothing says it changed)."""
+    then, now = (saved or {}).get("train"), (current or {}).get("train")
+    if not isinstance(then, dict) or not isinstance(now, dict):
+        return True
+    return then.get("sha256") == now.get("sha256")
+
+
 def save_training_checkpoint(paths, model, optimizer, scheduler, scaler, state, config,
                              new_best=False, evaluation=None):
     """Saves the run on rank 0 (every rank's RNG state is gathered into it), in the order of the
@@ -165,12 +201,7 @@ def load_weights(model, checkpoint, path, config, logger, converted=None):
     trained with, a mismatch error also names the model settings that differ (and a checkpoint
     that fits in spite of such differences is loaded with a warning). converted: the
     (state_dict, info) of load_model_state when already computed. Returns the info."""
-    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
-    changed = []
-    if isinstance(saved, dict) and isinstance(saved.get("model"), dict):
-        changed = [key for key in _changed_keys(saved["model"],
-                                                json.loads(json.dumps(config.model)), "model.")
-                   if ".pretrained " not in key]  # initial weights do not matter once loaded
+    changed = model_setting_changes(checkpoint, config)
     state, info = converted or load_model_state(checkpoint, path)
     try:
         load_model_weights(model, state, path, info)
@@ -185,6 +216,19 @@ def load_weights(model, checkpoint, path, config, logger, converted=None):
         logger.warning("'%s' was saved with other model settings (%s); its weights fit this "
                        "model and are used", path, ", ".join(changed))
     return info
+
+
+def model_setting_changes(checkpoint, config):
+    """"key (old in the checkpoint, new from SOURCE)" for every model setting of `config` that
+    differs from the config the loaded `checkpoint` records (none when it records none); the
+    pretrained files are left out: initial weights do not matter once a checkpoint is loaded."""
+    saved = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        return []
+    return [f"{key} ({old!r} in the checkpoint, {new!r} from {setting_source(config, key)})"
+            for key, old, new in _differences(saved["model"], json.loads(json.dumps(config.model)),
+                                              "model.")
+            if not key.endswith(".pretrained")]
 
 
 def find_resume_checkpoint(paths, logger):
@@ -206,21 +250,29 @@ def find_resume_checkpoint(paths, logger):
                         f"{' '.join(problems)}")
 
 
-def resume_training(path, model, optimizer, scheduler, scaler, config, logger, checkpoint=None):
+def resume_training(path, model, optimizer, scheduler, scaler, config, logger, checkpoint=None,
+                    steps_per_epoch=None, data=None):
     """Loads a training checkpoint (`checkpoint`, or the file `path`) into the model, optimizer,
     scheduler and scaler, then applies the config's train.lr / lr_decay / weight_decay where they
     differ from the checkpoint's (logged).
 
+    steps_per_epoch: training steps per epoch of this start (its data, processes and batch
+        size); data: its label files ({split: {"path", "sha256", "frames"}}). With them the
+        checkpoint's position is checked against the data (check_resume_position).
     Returns:
         (TrainState to continue from, list of "key (old -> new)" optimizer settings changed).
     Raises:
-        MetaPoseError for a checkpoint that is damaged or does not fit the model/optimizer.
+        MetaPoseError for a checkpoint that is damaged, whose position does not fit the schedule
+        or the data, or that does not fit the model/optimizer (naming the settings of this run
+        that differ from the checkpoint's, and where they were set).
     """
     if checkpoint is None:
         checkpoint = load_checkpoint(path)
     check_training_checkpoint(checkpoint, path)
+    check_resume_position(checkpoint, path, config)
     load_weights(model, checkpoint, path, config, logger)
-    _load_optimizer(optimizer, checkpoint["optimizer"], model, path)
+    _load_optimizer(optimizer, checkpoint["optimizer"], model, path,
+                    model_setting_changes(checkpoint, config))
     try:
         scheduler.load_state_dict(checkpoint["scheduler"])
         if scaler is not None and checkpoint.get("scaler"):
@@ -250,27 +302,54 @@ def resume_training(path, model, optimizer, scheduler, scaler, config, logger, c
                        checkpoint["world_size"], checkpoint["batch_size"],
                        dist_utils.world_size(), config.train.batch_size)
         state.batches_done = 0
+    if state.batches_done and steps_per_epoch is not None \
+            and state.batches_done >= steps_per_epoch:
+        if _same_training_data(checkpoint["data"], data):
+            raise _damaged(path, f"its field 'batches_done' says {state.batches_done:,} batches "
+                                 f"of epoch {state.epoch + 1} were trained, but an epoch of its "
+                                 f"data has {steps_per_epoch:,} steps with "
+                                 f"{checkpoint['world_size']} process(es) and batch "
+                                 f"{checkpoint['batch_size']}")
+        logger.warning("the interrupted epoch %d had trained %d batches, more than the %d of an "
+                       "epoch of the changed training data: it restarts from its beginning",
+                       state.epoch + 1, state.batches_done, steps_per_epoch)
+        state.batches_done = 0
     logger.info("resumed from '%s': %d epoch(s) done%s, lr %.3g, best score %s", path,
                 state.epoch, f" + {state.batches_done} batches" if state.batches_done else "",
                 optimizer.param_groups[0]["lr"], score_text(state.best_score))
     return state, applied
 
 
-def _load_optimizer(optimizer, saved, model, path):
+def _does_not_fit(path, problem, changes):
+    """The error for an optimizer state that does not fit this model: the changed model
+    settings (`changes`, from model_setting_changes) are its cause when there are any, else the
+    file is damaged."""
+    if not changes:
+        return _damaged(path, f"{problem}: it was saved from another model or set of trainable "
+                              "parameters")
+    return MetaPoseError(
+        f"'{path}' cannot be resumed with the model settings of this run: {problem}, because "
+        f"they differ from the checkpoint's: {'; '.join(changes)}. Resume with the settings "
+        "the run was trained with (remove that override or edit that file), or start a new run "
+        "from the checkpoint's weights with --checkpoint FILE (a fresh optimizer).")
+
+
+def _load_optimizer(optimizer, saved, model, path, changes=()):
     """optimizer.load_state_dict(saved) after checking that the saved state fits the optimizer's
-    parameter groups (count of groups and parameters, the shape of every moment tensor)."""
+    parameter groups (count of groups and parameters, the shape of every moment tensor).
+    changes: the model settings that differ from the checkpoint's (named as the cause)."""
     names = {id(p): name for name, p in model.named_parameters()}
     groups = saved["param_groups"]
     if len(groups) != len(optimizer.param_groups):
-        raise _damaged(path, f"its optimizer state has {len(groups)} parameter group(s), this "
-                             f"model's optimizer {len(optimizer.param_groups)}")
+        raise _does_not_fit(path, f"its optimizer state has {len(groups)} parameter group(s), "
+                                  f"this model's optimizer {len(optimizer.param_groups)}", changes)
     for index, (group, ours) in enumerate(zip(groups, optimizer.param_groups)):
         ids = group.get("params") if isinstance(group, dict) else None
         if not isinstance(ids, list) or len(ids) != len(ours["params"]):
             count = len(ids) if isinstance(ids, list) else _shown(ids)
-            raise _damaged(path, f"its optimizer state holds {count} trainable parameters in "
-                                 f"group {index}, this model has {len(ours['params'])}: it was "
-                                 "saved from another model or set of trainable parameters")
+            raise _does_not_fit(path, f"its optimizer state holds {count} trainable parameters "
+                                      f"in group {index}, this model has "
+                                      f"{len(ours['params'])}", changes)
         for key in ("lr", "weight_decay"):
             if not _is_number(group.get(key)) or not math.isfinite(group[key]):
                 raise _damaged(path, f"its optimizer group {index} has {key} "
@@ -285,9 +364,9 @@ def _load_optimizer(optimizer, saved, model, path):
                     continue
                 name = names.get(id(parameter), str(number))
                 if not isinstance(value, torch.Tensor) or value.shape != parameter.shape:
-                    raise _damaged(path, f"its optimizer state '{key}' of parameter '{name}' is "
-                                         f"{_shown(value)}, the parameter has shape "
-                                         f"{tuple(parameter.shape)}")
+                    raise _does_not_fit(path, f"its optimizer state '{key}' of parameter "
+                                              f"'{name}' is {_shown(value)}, the parameter has "
+                                              f"shape {tuple(parameter.shape)}", changes)
     try:
         optimizer.load_state_dict(saved)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
@@ -360,12 +439,17 @@ def score_text(score):
     return "none" if score is None else f"{score:.2f}"
 
 
-def _changed_keys(old, new, prefix=""):
-    keys = []
+def _differences(old, new, prefix=""):
+    """(dotted key, old value, new value) of every setting that differs between two configs."""
+    found = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, prefix + key + ".")
+            found += _differences(a, b, prefix + key + ".")
         elif a != b and key != "config_path":
-            keys.append(f"{prefix}{key} ({a!r} -> {b!r})")
-    return keys
+            found.append((prefix + key, a, b))
+    return found
+
+
+def _changed_keys(old, new, prefix=""):
+    return [f"{key} ({a!r} -> {b!r})" for key, a, b in _differences(old, new, prefix)]
