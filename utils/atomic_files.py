@@ -16,6 +16,7 @@ import shutil
 import tempfile
 
 from utils.errors import MetaPoseError
+from utils.input_files import file_problem, shown_path
 
 TEMPORARY_SUFFIX = ".tmp"
 # errno values that mean "the disk (or the user's quota) is full".
@@ -120,6 +121,21 @@ def _write_error(path, error):
                          f"the file system of that folder (or {elsewhere}).")
 
 
+def _refuse_non_regular_target(path):
+    """Raises MetaPoseError when `path` (links followed) exists and is not a regular file: the
+    rename of an atomic write would replace a FIFO or a device node with a file."""
+    problem = file_problem(path)
+    # Only what the path IS counts here (a folder, FIFO, device, socket, loop of links): a
+    # missing file is created, and any other trouble shows when the write itself fails.
+    if problem is None or not problem.startswith("is ") or "does not exist" in problem:
+        return
+    flag = output_flag(path)
+    elsewhere = f"pass another {flag}" if flag else "write to another path"
+    raise MetaPoseError(f"cannot write '{shown_path(path)}': it {problem}, and MetaPose writes its "
+                        f"outputs as regular files and will not replace it. Remove it or "
+                        f"{elsewhere}.")
+
+
 @contextlib.contextmanager
 def atomic_output(path, mode="wb"):
     """Yields a file object for a temporary file beside `path`; on a clean exit the file is
@@ -127,8 +143,11 @@ def atomic_output(path, mode="wb"):
     interrupt) it is removed and `path` is untouched.
 
     Raises:
-        MetaPoseError when the file system refuses the write (full disk or quota, permissions).
+        MetaPoseError when the file system refuses the write (full disk or quota, permissions),
+        or when `path` is something other than a regular file (a FIFO, a device, a folder),
+        which a rename would replace.
     """
+    _refuse_non_regular_target(path)
     folder = os.path.dirname(os.path.abspath(path))
     temporary = None
     try:
