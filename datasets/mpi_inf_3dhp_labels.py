@@ -37,6 +37,7 @@ from datasets.labels import cached_columns
 from datasets.safe_pickle import unpickle_stream_safely
 from utils.atomic_files import atomic_write
 from utils.errors import MetaPoseError
+from utils.input_files import require_file
 from utils.skeleton import FIRST_ACTION_ID, NUM_JOINTS
 
 TRAIN_FILE = "data_train_3dhp.npz"
@@ -162,10 +163,8 @@ def read_label_file(path):
         entry, is damaged, or its pickle names anything but containers, numbers, strings and
         numpy arrays (then nothing in it runs).
     """
-    if not os.path.isfile(path):
-        raise MetaPoseError(f"label file '{path}' does not exist. Check data.root and "
-                            f"data.train_file / data.val_file ({TRAIN_FILE} and {TEST_FILE} by "
-                            f"default for MPI-INF-3DHP). {_HINT}")
+    require_file(path, "label file", f"Check data.root and data.train_file / data.val_file "
+                 f"({TRAIN_FILE} and {TEST_FILE} by default for MPI-INF-3DHP). {_HINT}")
     try:
         with zipfile.ZipFile(path) as archive:
             if "data.npy" not in archive.namelist():

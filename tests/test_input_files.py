@@ -146,3 +146,14 @@ def test_bytes_that_are_not_utf8_are_spelled_out_in_messages(tmp_path):
         require_file(os.fsdecode(bytes(tmp_path) + b"/x\xff.yaml"), "config file")
     str(caught.value).encode("utf-8")  # the message itself can be written anywhere
     assert "x\\xff.yaml' does not exist" in str(caught.value)
+
+
+def test_label_and_detection_files_are_checked_by_kind(tmp_path):
+    """The 3DHP label reader and the H36M preparation's CPN reader name a folder as a folder."""
+    from datasets.mpi_inf_3dhp_labels import load_3dhp_labels
+    from tools.prepare_h36m import load_cpn
+
+    with pytest.raises(MetaPoseError, match="label file .* is a folder, not a file"):
+        load_3dhp_labels(str(tmp_path))
+    with pytest.raises(MetaPoseError, match="CPN detection file .* is a folder, not a file"):
+        load_cpn(str(tmp_path))

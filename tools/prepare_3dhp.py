@@ -51,6 +51,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from datasets.images import read_image  # noqa: E402
 from datasets.camera import (  # noqa: E402
     box_from_root, crop_from_full_frame, full_frame_to_crop, pixels_to_screen,
 )
@@ -116,7 +117,17 @@ def _frames_of(job):
             capture.release()
         return
     for position, source in enumerate(job["sources"]):
-        yield position, cv2.imread(source, cv2.IMREAD_COLOR) if os.path.isfile(source) else None
+        yield position, _test_frame(source)
+
+
+def _test_frame(path):
+    """The BGR pixels of a test-set frame, or None when it is missing or unreadable (counted by
+    the caller). Read through datasets.images.read_image, so a folder, FIFO or device is never
+    opened and a header that declares a huge image is refused before decoding."""
+    try:
+        return cv2.cvtColor(read_image(path), cv2.COLOR_RGB2BGR)
+    except MetaPoseError:
+        return None
 
 
 def extract_images(job):

@@ -369,10 +369,9 @@ def load_cameras(path, subjects):
 
 def load_cpn(path):
     """positions_2d of the VideoPose3D detections file: {subject: {action: [4 x (T, 17, 2)]}}."""
-    if not os.path.isfile(path):
-        raise MetaPoseError(f"CPN detection file '{path}' does not exist. Pass --cpn with "
-                            f"VideoPose3D's {CPN_FILE}, or --no-cpn to copy the ground truth "
-                            "into joints_2d_cpn (then the labels have no detector noise).")
+    require_file(path, "CPN detection file", f"Pass --cpn with VideoPose3D's {CPN_FILE}, or "
+                 "--no-cpn to copy the ground truth into joints_2d_cpn (then the labels have no "
+                 "detector noise).")
     try:
         positions = np.load(path, allow_pickle=True)["positions_2d"].item()
     except Exception as error:  # zip, pickle and key errors alike
