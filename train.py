@@ -189,13 +189,14 @@ class Training:
         self.metric_set = build_metric_set(config, val_set)
         self.model = build_model_on_device(config, context,
                                            weights_from_checkpoint=start_path is not None)
-        self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
-                                           weight_decay=config.train.weight_decay)
+        self.optimizer = engine.build_optimizer(self.model.trainable_parameters(),
+                                                config.train.lr, config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer,
                                                                 gamma=config.train.lr_decay)
         use_scaler = config.speed.amp == "fp16" and context.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.state = self._initial_state(args, start_path, start_checkpoint, converted)
+        engine.use_fused_steps(self.optimizer)  # also when the checkpoint's optimizer was not fused
         trainable = sum(p.numel() for p in self.model.trainable_parameters())
         logger.info("%d training / %d validation frames, %d process(es), %s trainable parameters, "
                     "%d steps per epoch", len(train_set), len(val_set), context.world_size,
@@ -203,8 +204,11 @@ class Training:
         self.train_model = self.model
         if context.distributed:
             device_ids = [context.device.index] if context.device.type == "cuda" else None
+            # The model's buffers (the frozen HRNet's batch-norm statistics, the text cache's
+            # tokens) never change in training: nothing to broadcast at every step.
             self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=device_ids, find_unused_parameters=False)
+                self.model, device_ids=device_ids, find_unused_parameters=False,
+                broadcast_buffers=False)
         self.loss_fn = build_loss(config)
         self.settings = engine.StepSettings.from_config(config)
         self.stop = StopRequest()
