@@ -1,10 +1,13 @@
 """DataLoaders over the samplers of datasets/samplers.py: resumable training epochs shared across
-processes, exact evaluation shards, worker seeds that never touch the global RNG."""
+processes, exact evaluation shards, worker seeds that never touch the global RNG, workers that
+let the main process stop cleanly when a signal reaches the whole process group
+(utils/signals.py)."""
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from datasets.samplers import ShardSampler, TrainSampler
+from utils.signals import worker_outlives_stop_signals
 
 
 class EpochSyncedDataset(torch.utils.data.Dataset):
@@ -76,7 +79,8 @@ def build_train_loader(dataset, batch_size, num_workers, seed, context, pin_memo
                       num_workers=num_workers,
                       pin_memory=pin_memory and context.device.type == "cuda",
                       drop_last=len(sampler) >= batch_size, persistent_workers=num_workers > 0,
-                      generator=_loader_generator(seed))
+                      generator=_loader_generator(seed),
+                      worker_init_fn=worker_outlives_stop_signals)
 
 
 def build_eval_loader(dataset, batch_size, num_workers, context, pin_memory=True):
@@ -85,4 +89,5 @@ def build_eval_loader(dataset, batch_size, num_workers, context, pin_memory=True
     sampler = ShardSampler(len(dataset), context.world_size, context.rank)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory and context.device.type == "cuda", drop_last=False,
-                      persistent_workers=num_workers > 0, generator=_loader_generator(0))
+                      persistent_workers=num_workers > 0, generator=_loader_generator(0),
+                      worker_init_fn=worker_outlives_stop_signals)
