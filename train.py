@@ -30,8 +30,9 @@ from utils.cpu_threads import configure_cpu_threads
 from utils.errors import MetaPoseError
 from utils.launcher_watchdog import report_to_launcher, watch_launcher
 from utils.logger import NullWriter, build_tb_writer, close_logger, setup_logger
+from utils.multi_machine import (DATA_FIX, RESUME_FIX, places, require_same_file,
+                                 spans_machines, warn_unless_shared)
 from utils.peer_watch import silent_peers
-from utils.multi_machine import DATA_FIX, RESUME_FIX, require_same_file, warn_unless_shared
 from utils.run_dir import REPO_ROOT, metrics_record, open_run_dir, record_metrics
 from utils.signals import StopRequest, sigterm_raises
 from utils.training_checkpoint import (TrainState, check_resumed_data, check_training_checkpoint,
@@ -237,12 +238,20 @@ class Training:
         over several machines, must find the same file (utils/multi_machine.py)."""
         if args.resume is not None:
             picked = {}
+            several = dist_utils.is_initialized() and spans_machines(places(self.context))
 
             def pick():  # rank 0; its MetaPoseError reaches every process
-                if dist_utils.is_main():
+                if not dist_utils.is_main():
+                    return
+                try:
                     picked["path"], picked["checkpoint"] = (
                         (args.resume, load_checkpoint(args.resume)) if args.resume
                         else find_resume_checkpoint(self.paths, self.logger))
+                except MetaPoseError as error:
+                    if not several:
+                        raise
+                    raise MetaPoseError(f"{error} This run spans several machines: "
+                                        f"{RESUME_FIX}.") from None
 
             dist_utils.main_first(pick)
             path = dist_utils.broadcast_object(picked.get("path"))

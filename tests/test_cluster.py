@@ -202,3 +202,44 @@ def test_torchrun_report_says_a_stopped_run_saved_its_checkpoint(data):
     assert "stopped by signal 15 after saving checkpoints/last.pt" in _root_cause(output)
     last = _checkpoint(data, "one_rank_term")
     assert last["world_size"] == 2 and (last["batches_done"] >= 2 or last["epoch"] >= 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process checks: GPUs per task, /dev/shm
+
+
+def test_one_visible_gpu_is_used_whatever_the_local_rank(monkeypatch):
+    """Clusters that give each task its own GPU (CUDA_VISIBLE_DEVICES) number the tasks of a
+    machine 0..N-1: with one visible GPU, LOCAL_RANK 3 uses it; with two visible, LOCAL_RANK 3
+    is an error that says what to do. (The device count is faked: no GPU here.)"""
+    from utils import distributed as dist_utils
+    from utils.errors import MetaPoseError
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert dist_utils.choose_device("cuda", 3) == torch.device("cuda", 0) and chosen == [0]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert dist_utils.choose_device("cuda", 3) == torch.device("cuda", 3) and chosen[-1] == 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(MetaPoseError, match="local rank 3 needs GPU 3, but only 2 GPU"):
+        dist_utils.choose_device("cuda", 3)
+    assert dist_utils.choose_device("cpu", 3) == torch.device("cpu")
+
+
+def test_a_small_dev_shm_is_a_warning_with_the_size_needed(caplog):
+    """16 workers x 2 prefetched batches of 400 crops of 256x192, 8 processes on the machine:
+    about 14 GiB (1.76 GiB per process); Docker's default /dev/shm of 64 MB gets a warning that names the flag."""
+    from datasets.loaders import shared_memory_needed, warn_if_shared_memory_is_short
+
+    per_process = shared_memory_needed(16, 400, (256, 192))
+    assert per_process == 16 * 2 * 400 * 3 * 256 * 192
+    message = warn_if_shared_memory_is_short(16, (400, 400), (256, 192), processes=8,
+                                             free=64 * 1024 ** 2)
+    assert "0.06 GiB free" in message and "about 14.1 GiB" in message
+    assert "--shm-size=22g" in message and "data.num_workers" in message
+    assert message in caplog.text
+    assert warn_if_shared_memory_is_short(16, (400,), (256, 192), processes=1,
+                                          free=4 * 1024 ** 3) is None
+    assert warn_if_shared_memory_is_short(0, (400,), (256, 192), free=0) is None
+    assert warn_if_shared_memory_is_short(1, (1,), (8, 8), path="/nonexistent/shm") is None
