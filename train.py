@@ -353,6 +353,8 @@ class Training:
                 self.evaluate_and_record(state.epoch)
             for epoch in range(state.epoch, epochs):
                 if dist_utils.any_flag(self.stop.requested)[0]:
+                    self.logger.warning("stopped before epoch %d; %s holds epoch %d (continue "
+                                        "with --resume)", epoch + 1, self.paths.last, epoch)
                     break
                 started = time.perf_counter()
                 stats = self.train_epoch(epoch)
