@@ -4,8 +4,9 @@ convolutions (what a frozen encoder runs) against the plain layers, same weights
     python benchmarks/encoder.py --device cpu --batch-size 8
     python benchmarks/encoder.py --device cuda --batch-size 800 --amp bf16 --channels-last --json
 
-Prints samples/s of both, their ratio and the largest difference of the maps (relative to each
-map's largest value). The HRNet is randomly initialised with batch-norm statistics that make
+Prints samples/s of both, their ratio (on a CPU also from the process's CPU seconds, the steadier
+figure on a shared machine) and the largest difference of the maps (relative to each map's
+largest value). The HRNet is randomly initialised with batch-norm statistics that make
 every layer matter (the folding is exact for any weights; a real checkpoint runs the same
 number of operations). `--compile` also measures torch.compile of the folded trunk (minutes
 of compiling on a CPU).
@@ -71,16 +72,19 @@ def encoder_with_statistics(type_name, seed=0):
 
 
 def seconds_per_call(encoder, images, amp, steps, warmup):
+    """(wall-clock seconds, this process's CPU seconds) per call. On a CPU shared with other
+    jobs the CPU seconds are the steadier figure: time spent waiting for a core is not in them
+    (with one compute thread they are the work itself)."""
     device = images.device
     with torch.no_grad(), autocast_context(device, amp):
         for _ in range(warmup):
             encoder(images)
         synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(steps):
             encoder(images)
         synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
 
 
 def largest_relative_difference(maps, reference):
@@ -117,15 +121,18 @@ def main(argv=None):
     report["max_rel_diff"] = largest_relative_difference(folded_maps, reference)
     del reference, folded_maps
     encoder.fold_batch_norm = False
-    plain = seconds_per_call(encoder, images, args.amp, steps, warmup)
+    plain, plain_cpu = seconds_per_call(encoder, images, args.amp, steps, warmup)
     encoder.fold_batch_norm = True
-    folded = seconds_per_call(encoder, images, args.amp, steps, warmup)
+    folded, folded_cpu = seconds_per_call(encoder, images, args.amp, steps, warmup)
     report.update(plain_samples_per_s=batch / plain, folded_samples_per_s=batch / folded,
                   folded_speedup=plain / folded)
+    if not on_gpu:
+        report.update(plain_cpu_s_per_call=plain_cpu, folded_cpu_s_per_call=folded_cpu,
+                      folded_speedup_cpu_time=plain_cpu / folded_cpu)
     if args.compile:
         encoder.compile()
-        report["compiled_samples_per_s"] = batch / seconds_per_call(encoder, images, args.amp,
-                                                                    steps, max(warmup, 2))
+        report["compiled_samples_per_s"] = batch / seconds_per_call(
+            encoder, images, args.amp, steps, max(warmup, 2))[0]
     if on_gpu:
         report["peak_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 1024 ** 3
         report["peak_reserved_gb"] = torch.cuda.max_memory_reserved(device) / 1024 ** 3

@@ -357,9 +357,10 @@ def check_targets(check, results, chosen):
         if encoder:
             check.say(f"info  encoder forward: folded {encoder['folded_samples_per_s']:.1f}, "
                       f"plain {encoder['plain_samples_per_s']:.1f} samples/s "
-                      f"({encoder['folded_speedup']:.2f}x); peak "
-                      f"{encoder.get('peak_allocated_gb', 0):.1f} GiB allocated, "
-                      f"{encoder.get('peak_reserved_gb', 0):.1f} GiB reserved")
+                      f"({encoder['folded_speedup']:.2f}x)" + (
+                          "" if "peak_allocated_gb" not in encoder else
+                          f"; peak {encoder['peak_allocated_gb']:.1f} GiB allocated, "
+                          f"{encoder['peak_reserved_gb']:.1f} GiB reserved"))
 
 
 def build_parser():

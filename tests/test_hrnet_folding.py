@@ -171,3 +171,33 @@ def test_compile_of_a_frozen_trunk_compiles_the_folded_one():
     assert encoder._folded._compiled_call_impl is not None
     assert encoder._compiled_call_impl is None
     assert list(encoder.state_dict()) == keys
+
+
+def test_encoder_benchmark_reports_both_paths(capsys):
+    from benchmarks import encoder as encoder_benchmark
+
+    assert encoder_benchmark.main(["--device", "cpu", "--batch-size", "1", "--image-size", "32",
+                                   "24", "--steps", "1", "--warmup", "0", "--json"]) == 0
+    import json
+    report = json.loads(capsys.readouterr().out)
+    assert report["plain_samples_per_s"] > 0 and report["folded_samples_per_s"] > 0
+    assert report["max_rel_diff"] < 1e-4 and report["folded_speedup"] > 0
+
+
+def test_roofline_estimate_counts_the_encoder_and_the_steps(capsys):
+    """The FLOP-and-bytes estimate on the tiny configuration: every phase counted, the folded
+    encoder moving fewer bytes than the plain layers for the same FLOPs."""
+    import json
+
+    from benchmarks import roofline
+
+    assert roofline.main(["--config", TINY, "--batch", "8", "--counted-batch", "2",
+                          "--compute-efficiency", "0.5", "--json"]) == 0
+    (estimate,) = json.loads(capsys.readouterr().out)["estimates"]
+    phases = estimate["phases"]
+    assert set(phases) == {"encoder_folded", "encoder_plain", "eval_flip", "train"}
+    folded, plain = phases["encoder_folded"], phases["encoder_plain"]
+    assert folded["gflop_per_sample"] == pytest.approx(plain["gflop_per_sample"], rel=0.05)
+    assert folded["mbytes_per_sample"] < plain["mbytes_per_sample"]
+    assert folded["kernels"] < plain["kernels"]
+    assert all(p["samples_per_s"] > 0 for p in phases.values())
