@@ -32,11 +32,12 @@ from utils.precision import autocast_context  # noqa: E402
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_device_argument(parser)
-    parser.add_argument("--image-encoder", choices=sorted(HRNET_TYPES), default="hrnet_32")
+    parser.add_argument("--image-encoder", choices=sorted(HRNET_TYPES), default="hrnet_32",
+                        help="HRNet type (default hrnet_32, the paper's)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="images per call (default 400 on cuda, 8 on cpu)")
     parser.add_argument("--image-size", type=positive_int, nargs=2, default=(256, 192),
-                        metavar=("H", "W"))
+                        metavar=("H", "W"), help="input height and width (default 256 192)")
     parser.add_argument("--steps", type=positive_int, default=None,
                         help="timed calls (default 20 cuda, 3 cpu)")
     parser.add_argument("--warmup", type=int, default=None,

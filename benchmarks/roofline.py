@@ -35,7 +35,7 @@ from datasets.transforms import prepare_batch  # noqa: E402
 from models.flip_test import predict  # noqa: E402
 from models.loss import build_loss  # noqa: E402
 from models.reference_paths import reference_paths  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.cli import add_overrides_argument, positive_int, run_cli  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 # Operators that only re-describe memory (no kernel, no traffic).
@@ -117,13 +117,14 @@ def step_time(records, scale, device, bytes_per_value):
     return total, flops, traffic
 
 
-def measure(config_path, counted_batch):
+def measure(config_path, counted_batch, overrides=()):
     """{phase: operator records} of the encoder (plain and folded), a training step and an
-    evaluation step with flip test of the paper model at `counted_batch`."""
+    evaluation step with flip test of the model of `config_path` (+ `overrides`, randomly
+    initialised) at `counted_batch`."""
     from models import build_model
 
     config = load_config(config_path, ["model.image_encoder.pretrained=null",
-                                       "model.text_encoder.pretrained=null"])
+                                       "model.text_encoder.pretrained=null", *overrides])
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -156,9 +157,12 @@ def measure(config_path, counted_batch):
 
 def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=DEFAULT_CONFIG)
-    parser.add_argument("--batch", type=int, default=400, help="batch of the estimate")
-    parser.add_argument("--counted-batch", type=int, default=4,
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help="experiment YAML (default: the paper's, "
+                             "experiments/human36m/human36m.yaml)")
+    parser.add_argument("--batch", type=positive_int, default=400,
+                        help="batch of the estimate (default 400)")
+    parser.add_argument("--counted-batch", type=positive_int, default=4,
                         help="batch actually run on the CPU to count (default 4)")
     parser.add_argument("--peak-tflops", type=float, default=989.0,
                         help="dense bf16 tensor peak (H100 SXM: 989; PCIe: 756)")
@@ -173,13 +177,14 @@ def build_parser():
                         help="idle microseconds per kernel (launch gaps; ~1 with CUDA graphs)")
     parser.add_argument("--bytes-per-value", type=float, default=2.0,
                         help="bytes per activation value (2: bf16 autocast, 4: fp32)")
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print one JSON object only")
+    add_overrides_argument(parser)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    phases = measure(args.config, args.counted_batch)
+    args = build_parser().parse_intermixed_args(argv)
+    phases = measure(args.config, args.counted_batch, args.overrides)
     scale = args.batch / args.counted_batch
     report = {"batch": args.batch, "counted_batch": args.counted_batch,
               "bytes_per_value": args.bytes_per_value, "torch": torch.__version__,
