@@ -1,7 +1,8 @@
 """What schedulers and clusters do to a run: a signal to the whole process group (timeout,
-Slurm's scancel and time limits, Ctrl-C in a terminal), a peer that dies or freezes, ports held
-by other programs, GPUs numbered per task, a small /dev/shm, several machines without a shared
-filesystem. Runs of train.py on the tiny synthetic set (CPU)."""
+Slurm's scancel and time limits), a peer that freezes, a port held by another program, torchrun's
+report of a rank that stopped, GPUs numbered per task, a small /dev/shm. Runs of train.py on the
+tiny synthetic set (CPU); two machines simulated by two torchrun agents are in
+tests/test_train_cli.py."""
 
 import os
 import signal
