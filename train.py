@@ -18,17 +18,21 @@ import torch
 
 import engine
 from datasets import build_dataset, build_metric_set
-from datasets.loaders import build_eval_loader, build_train_loader
+from datasets.loaders import (build_eval_loader, build_train_loader,
+                              warn_if_shared_memory_is_short)
 from models.loss import build_loss
 from utils import distributed as dist_utils
 from utils.atomic_files import atomic_write_text, name_output_flag
 from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
-from utils.cli import UnderscoreAliasParser, add_overrides_argument, run_cli
+from utils.cli import UnderscoreAliasParser, add_overrides_argument, error_message, run_cli
 from utils.config import CHOICES, load_config
 from utils.cpu_threads import configure_cpu_threads
 from utils.errors import MetaPoseError
-from utils.launcher_watchdog import watch_launcher
+from utils.launcher_watchdog import report_to_launcher, watch_launcher
 from utils.logger import NullWriter, build_tb_writer, close_logger, setup_logger
+from utils.multi_machine import (DATA_FIX, RESUME_FIX, places, require_same_file,
+                                 spans_machines, warn_unless_shared)
+from utils.peer_watch import silent_peers
 from utils.run_dir import REPO_ROOT, metrics_record, open_run_dir, record_metrics
 from utils.signals import StopRequest, sigterm_raises
 from utils.training_checkpoint import (TrainState, check_resumed_data, check_training_checkpoint,
@@ -131,9 +135,19 @@ def build_model_on_device(config, context, weights_from_checkpoint=False):
 
 
 def build_datasets(config, context, splits):
-    """Datasets of `splits`, built on rank 0 first (it may generate the synthetic set)."""
-    return dist_utils.main_first(
-        lambda: [build_dataset(config, split, context.rank) for split in splits])
+    """Datasets of `splits`: built on rank 0 first (it may generate the synthetic set), then by
+    the first process of every other machine (which generates the same set where it does not
+    see rank 0's: machines need not share a filesystem), then by the rest. Over several
+    processes every label file must be the same file everywhere (utils/multi_machine.py)."""
+    turn = 0 if context.rank == 0 else 1 if context.local_rank == 0 else 2
+    datasets = dist_utils.in_turns(
+        lambda: [build_dataset(config, split, 0 if turn < 2 else context.rank)
+                 for split in splits], turn)
+    for dataset in datasets:
+        source = getattr(dataset, "source", None)
+        if source and os.path.isfile(source):
+            require_same_file(os.path.abspath(source), "the label file", DATA_FIX, context)
+    return datasets
 
 
 def data_fingerprint(datasets):
@@ -186,16 +200,21 @@ class Training:
         self.train_loader = build_train_loader(
             train_set, config.train.batch_size, workers, config.seed, context)
         self.val_loader = build_eval_loader(val_set, config.eval.batch_size, workers, context)
+        warn_if_shared_memory_is_short(workers, (config.train.batch_size, config.eval.batch_size),
+                                       config.data.image_size)
+        if args.resume is None:  # a later --resume needs what rank 0 writes on every machine
+            warn_unless_shared(paths.root, context)
         self.metric_set = build_metric_set(config, val_set)
         self.model = build_model_on_device(config, context,
                                            weights_from_checkpoint=start_path is not None)
-        self.optimizer = torch.optim.AdamW(self.model.trainable_parameters(), lr=config.train.lr,
-                                           weight_decay=config.train.weight_decay)
+        self.optimizer = engine.build_optimizer(self.model.trainable_parameters(),
+                                                config.train.lr, config.train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer,
                                                                 gamma=config.train.lr_decay)
         use_scaler = config.speed.amp == "fp16" and context.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         self.state = self._initial_state(args, start_path, start_checkpoint, converted)
+        engine.use_fused_steps(self.optimizer)  # also when the checkpoint's optimizer was not fused
         trainable = sum(p.numel() for p in self.model.trainable_parameters())
         logger.info("%d training / %d validation frames, %d process(es), %s trainable parameters, "
                     "%d steps per epoch", len(train_set), len(val_set), context.world_size,
@@ -203,8 +222,11 @@ class Training:
         self.train_model = self.model
         if context.distributed:
             device_ids = [context.device.index] if context.device.type == "cuda" else None
+            # The model's buffers (the frozen HRNet's batch-norm statistics, the text cache's
+            # tokens) never change in training: nothing to broadcast at every step.
             self.train_model = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=device_ids, find_unused_parameters=False)
+                self.model, device_ids=device_ids, find_unused_parameters=False,
+                broadcast_buffers=False)
         self.loss_fn = build_loss(config)
         self.settings = engine.StepSettings.from_config(config)
         self.stop = StopRequest()
@@ -212,15 +234,35 @@ class Training:
     def _read_start_checkpoint(self, args):
         """(path, loaded contents, converted weights or None) of the checkpoint to resume
         (--resume [FILE]) or to start from (--checkpoint FILE: any checkpoint, a published one
-        included), or (None, None, None)."""
+        included), or (None, None, None). Rank 0 picks the file; every process reads it and,
+        over several machines, must find the same file (utils/multi_machine.py)."""
         if args.resume is not None:
-            if args.resume:
-                path, checkpoint = args.resume, load_checkpoint(args.resume)
-            else:
-                path, checkpoint = find_resume_checkpoint(self.paths, self.logger)
+            picked = {}
+            several = dist_utils.is_initialized() and spans_machines(places(self.context))
+
+            def pick():  # rank 0; its MetaPoseError reaches every process
+                if not dist_utils.is_main():
+                    return
+                try:
+                    picked["path"], picked["checkpoint"] = (
+                        (args.resume, load_checkpoint(args.resume)) if args.resume
+                        else find_resume_checkpoint(self.paths, self.logger))
+                except MetaPoseError as error:
+                    if not several:
+                        raise
+                    raise MetaPoseError(f"{error} This run spans several machines: "
+                                        f"{RESUME_FIX}.") from None
+
+            dist_utils.main_first(pick)
+            path = dist_utils.broadcast_object(picked.get("path"))
+            require_same_file(os.path.abspath(path), "the checkpoint to resume", RESUME_FIX,
+                              self.context)
+            checkpoint = picked.get("checkpoint") or load_checkpoint(path)
             check_training_checkpoint(checkpoint, path)
             return path, checkpoint, None
         if args.checkpoint:
+            require_same_file(os.path.abspath(args.checkpoint), "--checkpoint",
+                              "give every machine the file at that path", self.context)
             checkpoint = load_checkpoint(args.checkpoint)
             return args.checkpoint, checkpoint, load_model_state(checkpoint, args.checkpoint)
         return None, None, None
@@ -312,6 +354,8 @@ class Training:
                 self.evaluate_and_record(state.epoch)
             for epoch in range(state.epoch, epochs):
                 if dist_utils.any_flag(self.stop.requested)[0]:
+                    self.logger.warning("stopped before epoch %d; %s holds epoch %d (continue "
+                                        "with --resume)", epoch + 1, self.paths.last, epoch)
                     break
                 started = time.perf_counter()
                 stats = self.train_epoch(epoch)
@@ -376,6 +420,8 @@ class Evaluation:
         self.config, self.context, self.paths, self.logger = config, context, paths, logger
         self.notes = []
         self.path = eval_checkpoint_path(args, config)
+        require_same_file(os.path.abspath(self.path), "the checkpoint to evaluate",
+                          "give every machine the file at that path", context)
         # The file and the data first: problems with them show before the (slower) model build.
         checkpoint = load_checkpoint(self.path)
         converted = load_model_state(checkpoint, self.path)  # a published file is converted here
@@ -383,6 +429,7 @@ class Evaluation:
         (val_set,) = build_datasets(config, context, ("validation",))
         workers = config.data.num_workers if workers is None else workers
         self.loader = build_eval_loader(val_set, config.eval.batch_size, workers, context)
+        warn_if_shared_memory_is_short(workers, (config.eval.batch_size,), config.data.image_size)
         self.metric_set = build_metric_set(config, val_set)
         self.model = build_model_on_device(config, context, weights_from_checkpoint=True)
         load_weights(self.model, checkpoint, self.path, config, logger, converted)
@@ -410,9 +457,10 @@ class Evaluation:
         return 0
 
 
-def _peer_stopped(error, context):
-    """The MetaPoseError for an error that only says another process of the run went away, or
-    None for any other error."""
+def _peer_stopped(error, context, timeout):
+    """The MetaPoseError for an error that only says another process of the run went away or
+    did not answer within `timeout` seconds (distributed.timeout), or None for any other
+    error."""
     if not isinstance(error, Exception) or isinstance(error, MetaPoseError) \
             or not dist_utils.lost_peer(error):
         return None
@@ -420,19 +468,37 @@ def _peer_stopped(error, context):
     if first.startswith("[") and "] " in first:  # "[.../pair.cc:561] Connection closed ..."
         first = first.split("] ", 1)[1]
     first = first.split(". ", 1)[0]
+    silent = silent_peers()
+    who = f"; {', '.join(silent[:4])}" if silent else ""
     return MetaPoseError(
         f"process {context.rank} of {context.world_size} stopped because another process of "
-        f"this run stopped first ({first[:200]}). The error printed by that process says why.")
+        f"this run stopped, or did not answer within distributed.timeout={timeout:g} s "
+        f"({first[:200]}{who}). The error printed by that process, or its machine, says why.")
 
 
 def main(argv=None):
+    """train.py; under torchrun the reason this rank stops (its `error:` message, or the
+    signal that stopped it after saving) also goes into the launcher's report."""
+    try:
+        status = _main(argv)
+    except MetaPoseError as error:
+        report_to_launcher(f"error: [rank {dist_utils.rank()}] {error_message(error)}")
+        raise
+    if status:
+        report_to_launcher(f"stopped by signal {status - 128} after saving checkpoints/last.pt "
+                           "(continue with --resume)")
+    return status
+
+
+def _main(argv):
     watch_launcher()  # under torchrun: stop when the launcher is gone
     args = parse_args(argv)
     name_output_flag("--logdir", args.logdir)  # a failed write there suggests another --logdir
     config = resolve_config(args)
     eval_checkpoint = eval_checkpoint_path(args, config) if args.eval else None
     context = dist_utils.init_distributed(args.local_rank,
-                                          init_timeout=config.distributed.init_timeout)
+                                          init_timeout=config.distributed.init_timeout,
+                                          timeout=config.distributed.timeout)
     threads = configure_cpu_threads(config, context)  # None on CUDA
     with sigterm_raises():  # a start stopped by the launcher still cleans up after itself
         run = open_run_dir(args, config, eval_checkpoint)
@@ -454,7 +520,7 @@ def main(argv=None):
             run.started(config, job.notes)  # an evaluation's, once eval.json is written
         except BaseException as error:
             run.abandon()  # a failed start leaves no directory behind
-            peer_stopped = _peer_stopped(error, context)
+            peer_stopped = _peer_stopped(error, context, config.distributed.timeout)
             if peer_stopped is not None:
                 raise peer_stopped from None
             raise

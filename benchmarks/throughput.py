@@ -15,9 +15,10 @@ reports:
                            process's peak resident set size, model included)
 
 `--plain` runs the same model the published implementation's way: the `speed.*` options off
-(fp32, no channels-last, no cuDNN autotuning, no compile), no pinned memory, and the model on its
-reference paths (`models.reference_paths`: the full 77-token text recomputed at every forward
-pass, evaluation too, and the per-level/head/point reference sampling). `--compare` runs the
+(fp32, no channels-last, no cuDNN autotuning, no compile), no pinned memory, AdamW unfused, and
+the model on its reference paths (`models.reference_paths`: the full 77-token text recomputed at
+every forward pass, evaluation too, the per-level/head/point reference sampling, and the frozen
+HRNet's batch norms run as layers of their own). `--compare` runs the
 plain and then the fast configuration in one process (same seed, so the same weights) and adds
 the ratios and the largest difference between their predictions.
 
@@ -236,8 +237,9 @@ def text_work(encoder, actions, device, plain):
     return rows, encoder.sequence_length(rows)
 
 
-def build_for_benchmark(config, device):
-    """MetaPose as train.py builds it (seeded, speed options applied) and its optimizer."""
+def build_for_benchmark(config, device, plain=False):
+    """MetaPose as train.py builds it (seeded, speed options applied) and its optimizer (fused
+    AdamW, as train.py's; `plain`: the unfused implementation)."""
     from models import build_model
     from models.speed import prepare_model_for_speed
 
@@ -245,15 +247,15 @@ def build_for_benchmark(config, device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random initialisation is intended here
         model = prepare_model_for_speed(build_model(config).to(device), config, device)
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.train.lr,
-                                  weight_decay=config.train.weight_decay)
+    optimizer = engine.build_optimizer(model.trainable_parameters(), config.train.lr,
+                                       config.train.weight_decay, fused=not plain)
     return model, optimizer
 
 
 def measure_model(config, device, batch, steps, warmup, plain=False):
     """The figures of one configuration (see the module docstring); `plain`: the model on its
     reference paths and unpinned batches."""
-    model, optimizer = build_for_benchmark(config, device)
+    model, optimizer = build_for_benchmark(config, device, plain)
     with plain_paths(model, plain):
         result = _measure_built(model, optimizer, config, device, batch, steps, warmup, plain)
     del model, optimizer
@@ -398,7 +400,7 @@ def measure_data(config, args, device, batch, steps, warmup):
                "workers": workers, "frames": len(dataset), "image_mode": dataset.image_mode,
                "pin_memory": bool(loader.pin_memory)}
     if args.with_model:
-        model, optimizer = build_for_benchmark(config, device)
+        model, optimizer = build_for_benchmark(config, device, args.plain)
         settings = engine.StepSettings.from_config(config)
         settings.log_every = NO_LOGGING
         loss_fn = build_loss(config)

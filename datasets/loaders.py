@@ -1,10 +1,19 @@
 """DataLoaders over the samplers of datasets/samplers.py: resumable training epochs shared across
-processes, exact evaluation shards, worker seeds that never touch the global RNG."""
+processes, exact evaluation shards, worker seeds that never touch the global RNG, workers that
+let the main process stop cleanly when a signal reaches the whole process group
+(utils/signals.py)."""
+
+import os
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 from datasets.samplers import ShardSampler, TrainSampler
+from utils.logger import get_logger
+from utils.signals import worker_outlives_stop_signals
+
+# Batches each DataLoader worker prepares ahead (torch's default prefetch_factor).
+PREFETCH_FACTOR = 2
 
 
 class EpochSyncedDataset(torch.utils.data.Dataset):
@@ -76,7 +85,8 @@ def build_train_loader(dataset, batch_size, num_workers, seed, context, pin_memo
                       num_workers=num_workers,
                       pin_memory=pin_memory and context.device.type == "cuda",
                       drop_last=len(sampler) >= batch_size, persistent_workers=num_workers > 0,
-                      generator=_loader_generator(seed))
+                      generator=_loader_generator(seed),
+                      worker_init_fn=worker_outlives_stop_signals)
 
 
 def build_eval_loader(dataset, batch_size, num_workers, context, pin_memory=True):
@@ -85,4 +95,45 @@ def build_eval_loader(dataset, batch_size, num_workers, context, pin_memory=True
     sampler = ShardSampler(len(dataset), context.world_size, context.rank)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory and context.device.type == "cuda", drop_last=False,
-                      persistent_workers=num_workers > 0, generator=_loader_generator(0))
+                      persistent_workers=num_workers > 0, generator=_loader_generator(0),
+                      worker_init_fn=worker_outlives_stop_signals)
+
+
+def shared_memory_needed(workers, batch_size, image_size):
+    """Bytes of shared memory (/dev/shm) one process's DataLoader workers hold at once: each
+    worker hands over PREFETCH_FACTOR batches of uint8 (3, H, W) images (the joints are small)
+    through shared memory."""
+    height, width = image_size
+    return int(workers) * PREFETCH_FACTOR * int(batch_size) * 3 * int(height) * int(width)
+
+
+def warn_if_shared_memory_is_short(workers, batch_sizes, image_size, processes=None,
+                                   path="/dev/shm", free=None):
+    """Warns (and returns the message) when /dev/shm has less room than the workers of the
+    `processes` processes of this machine need (the larger of the training and evaluation
+    batches in `batch_sizes`); None when it is enough, or there are no workers or no /dev/shm.
+    Too little makes workers die with a bus error in the middle of an epoch."""
+    if not workers:
+        return None
+    if processes is None:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    if free is None:
+        try:
+            stats = os.statvfs(path)
+        except OSError:
+            return None
+        free = stats.f_bavail * stats.f_frsize
+    per_process = max(shared_memory_needed(workers, batch, image_size) for batch in batch_sizes)
+    needed = per_process * processes
+    if needed <= free:
+        return None
+    gib = 1024 ** 3
+    message = (f"{path} has {free / gib:.2f} GiB free, but the DataLoader workers of this "
+               f"machine hold about {needed / gib:.1f} GiB there ({processes} process(es) x "
+               f"data.num_workers={workers} x {PREFETCH_FACTOR} batches of up to "
+               f"{max(batch_sizes)} images of {image_size[0]}x{image_size[1]}): workers may die "
+               f"with a bus error. Give the container more (docker run --shm-size="
+               f"{max(1, int(needed * 1.5 / gib + 0.999))}g, or --ipc=host), or lower "
+               "data.num_workers or the batch sizes.")
+    get_logger().warning("%s", message)
+    return message

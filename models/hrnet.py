@@ -121,6 +121,18 @@ class HighResolutionModule(nn.Module):
         self.fuse_layers = nn.ModuleList(fuse_layers)
         self.relu = nn.ReLU(inplace=False)
 
+    @classmethod
+    def from_parts(cls, channels, branches, fuse_layers):
+        """A module with the given branches and exchange unit (ModuleLists shaped like those
+        that __init__ builds), e.g. their batch-norm-folded counterparts
+        (models/hrnet_folding.py)."""
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        module.channels = list(channels)
+        module.branches, module.fuse_layers = branches, fuse_layers
+        module.relu = nn.ReLU(inplace=False)
+        return module
+
     def run_branches(self, xs):
         """xs: list of n maps (B, channels[i], H_i, W_i) -> the n branch outputs (same shapes)."""
         return [branch(x) for branch, x in zip(self.branches, xs)]
@@ -168,11 +180,43 @@ def make_transition(previous, current):
     return nn.ModuleList(layers)
 
 
+def _next_inputs(transition, outputs):
+    """The next stage's inputs: branches that exist take the previous stage's output (through
+    an identity or width adapter); new branches are made from the lowest-resolution output."""
+    return [layer(outputs[i] if i < len(outputs) else outputs[-1])
+            for i, layer in enumerate(transition)]
+
+
+def trunk_forward(trunk, images):
+    """The trunk's computation from `trunk.stem(images)` to the 4 maps (see HRNet.forward);
+    shared by HRNet and its batch-norm-folded counterpart (models/hrnet_folding.py), which
+    have the same parts: stem, layer1, transition1..3, stage2..4."""
+    x = trunk.layer1(trunk.stem(images))
+    xs = [layer(x) for layer in trunk.transition1]
+    ys = trunk.stage2(xs)
+    xs = _next_inputs(trunk.transition2, ys)
+    ys = trunk.stage3(xs)
+    xs = _next_inputs(trunk.transition3, ys)
+    first, *others = trunk.stage4
+    branches = first.run_branches(xs)
+    ys = first.fuse(branches)
+    for module in others:
+        ys = module(ys)
+    return [ys[0], branches[1], branches[2], branches[3]]
+
+
 class HRNet(nn.Module):
     """The pose_hrnet trunk of width C (32 for W32, 48 for W48; any positive int for tests).
 
     state_dict keys follow the official pose_hrnet checkpoints (`conv1`, `bn1`, `conv2`, `bn2`,
     `layer1`, `transition1..3`, `stage2..4`) without the heatmap head `final_layer`.
+
+    A frozen trunk runs with its batch norms folded into its convolutions
+    (models/hrnet_folding.py): the same maps to float rounding, one pass per layer instead of
+    two. The folded weights are a runtime copy, outside the state dict, refreshed after every
+    load_state_dict (of the trunk or of a model holding it), every `.to()`/`.double()`/`.cuda()`
+    and every other in-place change of the weights or statistics (checked at each call).
+    `fold_batch_norm = False` runs the plain layers (models/reference_paths.py does so).
     """
 
     def __init__(self, width: int = 32, frozen: bool = False):
@@ -182,6 +226,9 @@ class HRNet(nn.Module):
         self.width = width
         self.level_channels = [width, 2 * width, 4 * width, 8 * width]
         self.frozen = False
+        self.fold_batch_norm = True  # when frozen (see the class docstring)
+        self._folded = None  # models.hrnet_folding.FoldedHRNet, built at the first folded call
+        self.register_load_state_dict_post_hook(HRNet._weights_loaded)
 
         self.conv1 = nn.Conv2d(3, 64, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64, momentum=BN_MOMENTUM)
@@ -267,12 +314,52 @@ class HRNet(nn.Module):
         # a frozen trunk ignores train() from a parent module: BN keeps its running statistics
         return super().train(False if self.frozen else mode)
 
+    def stem(self, images):
+        """The two stride-2 convolutions: (B, 3, H, W) -> (B, 64, ceil(H/4), ceil(W/4))."""
+        x = self.relu(self.bn1(self.conv1(images)))
+        return self.relu(self.bn2(self.conv2(x)))
+
+    # ------------------------------------------------------------------------------------------
+    # Batch norms folded into the convolutions (frozen trunks)
+
+    @property
+    def folds(self):
+        """Whether calls run the batch-norm-folded trunk (frozen, in eval mode, folding on)."""
+        return self.frozen and self.fold_batch_norm and not self.training
+
+    def folded_trunk(self):
+        """The FoldedHRNet that computes this trunk's forward pass, up to date with its
+        weights (built at the first call, refreshed when they changed since)."""
+        if self._folded is None:
+            from models.hrnet_folding import FoldedHRNet
+            # a plain attribute, not a submodule: outside the state dict and the module tree
+            object.__setattr__(self, "_folded", FoldedHRNet(self))
+        elif self._folded.source_version != self._folded.version_of_sources():
+            self._folded.refresh()
+        return self._folded
+
     @staticmethod
-    def _next_inputs(transition, outputs):
-        # branches that exist take the previous stage's output (through an identity or width
-        # adapter); new branches are made from the lowest-resolution output
-        return [layer(outputs[i] if i < len(outputs) else outputs[-1])
-                for i, layer in enumerate(transition)]
+    def _weights_loaded(module, incompatible_keys):
+        """load_state_dict post-hook (also called when a parent module loads): refold now, so
+        that a loaded model runs the loaded weights whatever happens next."""
+        if module._folded is not None:
+            module._folded.refresh()
+
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.cuda()`, `.double()`, ...: the folded weights follow the trunk's new dtype,
+        device and memory format (folded again from the converted weights, in float64)."""
+        result = super()._apply(fn, recurse)
+        if self._folded is not None:
+            self._folded.refresh(self)
+        return result
+
+    def compile(self, *args, **kwargs):
+        """torch.compile in place: the folded trunk when this one folds (its fixed weights are
+        what runs), else the trunk itself (nn.Module.compile)."""
+        if self.frozen and self.fold_batch_norm:
+            self.folded_trunk().compile(*args, **kwargs)
+        else:
+            super().compile(*args, **kwargs)
 
     def forward(self, images):
         """images: (B, 3, H, W) float RGB normalised with the ImageNet mean/std (any H, W >= 1).
@@ -286,20 +373,9 @@ class HRNet(nn.Module):
         256x192). Levels 1-3 are what the published trunk returns: the list it hands to stage 4,
         which the official module overwrites in place with its branch outputs.
         """
-        x = self.relu(self.bn1(self.conv1(images)))
-        x = self.relu(self.bn2(self.conv2(x)))
-        x = self.layer1(x)
-        xs = [layer(x) for layer in self.transition1]
-        ys = self.stage2(xs)
-        xs = self._next_inputs(self.transition2, ys)
-        ys = self.stage3(xs)
-        xs = self._next_inputs(self.transition3, ys)
-        first, *others = self.stage4
-        branches = first.run_branches(xs)
-        ys = first.fuse(branches)
-        for module in others:
-            ys = module(ys)
-        return [ys[0], branches[1], branches[2], branches[3]]
+        if self.folds:
+            return self.folded_trunk()(images)
+        return trunk_forward(self, images)
 
 
 def _read_state_dict(path):

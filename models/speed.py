@@ -1,8 +1,9 @@
 """The `speed.*` settings applied to a built model: channels-last HRNet, cuDNN autotuning,
 torch.compile (`speed.amp` is read by the engine, `speed.cpu_threads` by utils/cpu_threads.py).
 None of them changes the model; the fast paths that compute the same numbers as the plain ones
-(batched deformable sampling, truncated and cached text) are no setting: the model always runs
-them (models/reference_paths.py runs the plain ones for tests and benchmarks)."""
+(batched deformable sampling, truncated and cached text, a frozen HRNet's batch norms folded
+into its convolutions) are no setting: the model always runs them (models/reference_paths.py
+runs the plain ones for tests and benchmarks)."""
 
 import torch
 
@@ -43,7 +44,8 @@ def prepare_model_for_speed(model, config, device):
       and keeps the fastest (a process-wide setting; shapes are fixed here, so it pays once).
     - compile: `COMPILED_MODULES` are compiled in place (`nn.Module.compile`), which keeps
       module names and state_dict keys unchanged, so checkpoints load either way and DDP can
-      wrap the model as usual.
+      wrap the model as usual. A frozen HRNet compiles its batch-norm-folded trunk, the code
+      it runs (models/hrnet_folding.py).
     """
     device = torch.device(device)
     speed = config.speed

@@ -70,10 +70,11 @@ def test_overrides_and_device_where_expected():
     assert with_overrides == {
         "train.py", "tools/convert_published_checkpoint.py", "tools/export.py",
         "tools/infer.py", "tools/visualize.py", "benchmarks/inference.py",
-        "benchmarks/pose_network.py", "benchmarks/throughput.py"}
+        "benchmarks/pose_network.py", "benchmarks/roofline.py", "benchmarks/throughput.py"}
     assert with_device == {
-        "tools/infer.py", "tools/visualize.py", "benchmarks/inference.py",
-        "benchmarks/pose_network.py", "benchmarks/text_path.py", "benchmarks/throughput.py"}
+        "tools/infer.py", "tools/visualize.py", "benchmarks/encoder.py",
+        "benchmarks/inference.py", "benchmarks/pose_network.py", "benchmarks/text_path.py",
+        "benchmarks/throughput.py"}
 
 
 def test_overrides_may_sit_between_options():

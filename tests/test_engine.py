@@ -126,8 +126,11 @@ def test_loss_terms_and_weights():
 # Training loop
 
 
-def _train(model, loader, loss_fn=None, epoch=0, stop=None, max_bad_steps=20, **kwargs):
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+def _train(model, loader, loss_fn=None, epoch=0, stop=None, max_bad_steps=20, fused=False,
+           **kwargs):
+    """fused: train.py's optimizer (steps skipped on the device, flags read one step later);
+    otherwise the plain AdamW (flags read before each optimizer step)."""
+    optimizer = engine.build_optimizer(model.trainable_parameters(), 1e-2, 0.01, fused=fused)
     settings = engine.StepSettings(max_bad_steps=max_bad_steps, log_every=2)
     loader.sampler.set_epoch(epoch)
     return engine.train_one_epoch(model, loss_fn or PoseLoss(), loader, optimizer,
@@ -160,38 +163,65 @@ class NanLoss(PoseLoss):
         return terms
 
 
-def test_non_finite_steps_are_skipped_and_counted():
+@pytest.mark.parametrize("fused", [False, True])
+def test_non_finite_steps_are_skipped_and_counted(fused):
     torch.manual_seed(0)
     model, loader = FakeModel(), make_loader()
     before = [p.detach().clone() for p in model.parameters()]
-    stats = _train(model, loader, loss_fn=NanLoss(bad={1, 2}))
+    stats = _train(model, loader, loss_fn=NanLoss(bad={1, 2}), fused=fused)
     assert stats["bad_steps"] == 2 and stats["steps"] == 3 and np.isfinite(stats["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     # Nothing but NaN: parameters untouched, and a clear error after max_bad_steps in a row.
     model = FakeModel()
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(MetaPoseError, match="not finite for 3 consecutive steps"):
-        _train(model, loader, loss_fn=NanLoss(bad=range(100)), max_bad_steps=3)
+        _train(model, loader, loss_fn=NanLoss(bad=range(100)), max_bad_steps=3, fused=fused)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_non_finite_steps_in_a_row_are_counted_across_epochs():
+def test_a_skipped_fused_step_changes_nothing():
+    """The device-side skip leaves parameters, moments and step counts as they were: a NaN
+    step between two good ones gives the weights of the two good steps alone."""
+    torch.manual_seed(0)
+    loader = make_loader(size=12, batch=4)  # 3 steps
+    skipped = FakeModel()
+    plain = FakeModel()
+    plain.load_state_dict(skipped.state_dict())
+    plain.dropout.p = skipped.dropout.p = 0.0
+    _train(skipped, loader, loss_fn=NanLoss(bad={2}), fused=True)
+    reference = engine.build_optimizer(plain.trainable_parameters(), 1e-2, 0.01, fused=True)
+    loss_fn = PoseLoss()
+    for number, batch in enumerate(loader, start=1):
+        if number == 2:
+            continue
+        inputs = prepare_batch(batch, torch.device("cpu"))
+        reference.zero_grad()
+        loss_fn(plain(*engine.model_inputs(inputs)), inputs["joints_3d"])["loss"].backward()
+        reference.step()
+    assert all(torch.equal(a, b) for a, b in zip(skipped.parameters(), plain.parameters()))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_non_finite_steps_in_a_row_are_counted_across_epochs(fused):
     """Two bad steps at the end of an epoch and one at the start of the next are three in a row:
     train.max_bad_steps=3 fires (the count travels in the training state, also through resume)."""
     torch.manual_seed(0)
     model, loader = FakeModel(), make_loader()  # 5 steps per epoch
-    stats = _train(model, loader, loss_fn=NanLoss(bad={4, 5}), max_bad_steps=3)
+    stats = _train(model, loader, loss_fn=NanLoss(bad={4, 5}), max_bad_steps=3, fused=fused)
     assert stats["bad_steps"] == 2 and stats["bad_steps_in_a_row"] == 2
     with pytest.raises(MetaPoseError, match=r"not finite for 3 consecutive steps \(epoch 2, step 1"):
         _train(model, loader, loss_fn=NanLoss(bad={1}), epoch=1, max_bad_steps=3,
-               bad_steps_in_a_row=stats["bad_steps_in_a_row"])
+               bad_steps_in_a_row=stats["bad_steps_in_a_row"], fused=fused)
     # A good step in between resets the count.
     stats = _train(model, loader, loss_fn=NanLoss(bad={1, 5}), epoch=2, max_bad_steps=3,
-                   bad_steps_in_a_row=1)
+                   bad_steps_in_a_row=1, fused=fused)
     assert stats["bad_steps"] == 2 and stats["bad_steps_in_a_row"] == 1
 
 
-def test_stop_request_finishes_the_step_and_reports_position():
+@pytest.mark.parametrize("fused, stops_after", [(False, 2), (True, 3)])
+def test_stop_request_finishes_the_step_and_reports_position(fused, stops_after):
+    """A stop requested during step 2 ends the epoch after step 2 (plain optimizer: the flags
+    are read before each update) or step 3 (fused: read while the next step is queued)."""
     stop = StopRequest()
 
     class StopAfter(PoseLoss):
@@ -203,8 +233,9 @@ def test_stop_request_finishes_the_step_and_reports_position():
                 stop.signum = 15  # as the SIGTERM handler does
             return super().forward(*args)
 
-    stats = _train(FakeModel(), make_loader(), loss_fn=StopAfter(), stop=stop)
-    assert stats["interrupted"] and stats["batches_done"] == 2 and stats["steps"] == 2
+    stats = _train(FakeModel(), make_loader(), loss_fn=StopAfter(), stop=stop, fused=fused)
+    assert stats["interrupted"] and stats["batches_done"] == stops_after
+    assert stats["steps"] == stops_after
     assert stop.exit_code == 143
 
 
@@ -577,7 +608,7 @@ def _two_rank_nan_worker(rank, port, out_dir):
         model = FakeModel()
         ddp = nn.parallel.DistributedDataParallel(model)
         loader = build_train_loader(FakeDataset(40), 4, 0, seed=0, context=context)
-        optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=1e-2)
+        optimizer = engine.build_optimizer(model.trainable_parameters(), 1e-2, 0.01)  # fused
         settings = engine.StepSettings(max_bad_steps=3, log_every=100)
         loss_fn = NanLoss(bad={1, 3} if rank == 1 else ())
         stats = engine.train_one_epoch(ddp, loss_fn, loader, optimizer, torch.device("cpu"), 0,

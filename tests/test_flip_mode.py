@@ -19,7 +19,9 @@ def _flips_seen(monkeypatch, flip_mode, epoch=0, skip_batches=0, size=64, batch=
     original = engine.prepare_batch
 
     def recording(batch_dict, *args, **kwargs):
-        seen.append(batch_dict["flip"].clone())
+        marks = batch_dict.get("flip")  # a whole batch that does not flip carries no marks
+        seen.append(torch.zeros(batch_dict["action"].shape[0], dtype=torch.bool)
+                    if marks is None else marks.clone())
         return original(batch_dict, *args, **kwargs)
 
     monkeypatch.setattr(engine, "prepare_batch", recording)

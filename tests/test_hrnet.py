@@ -235,6 +235,7 @@ def test_levels_are_the_branch_outputs_of_the_first_stage4_module():
     module return, before its fuse layers (docs/method.md §2.1), not the maps handed to stage 4."""
     torch.manual_seed(0)
     model = build_image_encoder("hrnet_32", None, frozen=True, width=4)
+    model.fold_batch_norm = False  # the plain layers, whose modules the hooks watch
     captured = {}
     first = model.stage4[0]
     for index, branch in enumerate(first.branches):

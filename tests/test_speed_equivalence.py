@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from datasets.transforms import prepare_batch
+from datasets.transforms import prepare_batch, with_batch_flip
 from models.flip_test import predict
 from benchmarks import throughput
 from models import build_model
@@ -271,16 +271,21 @@ def test_prepare_batch_equals_flipping_on_the_host():
         assert torch.equal(out["actions"], batch["action"])
 
 
-def test_unflipped_batches_take_the_short_path():
+def test_unflipped_marks_change_nothing_and_unflipped_batches_carry_none():
+    """All-false marks select every sample unchanged (the selection runs without looking at
+    the marks: that would wait for the device); a whole batch that does not flip
+    (train.flip_mode=batch) carries no marks at all, so nothing is selected."""
     batch = _host_batch()
     batch["flip"] = torch.zeros(6, dtype=torch.bool)
     out = prepare_batch(batch, torch.device("cpu"))
     without = prepare_batch({k: v for k, v in batch.items() if k != "flip"},
-                                   torch.device("cpu"))
+                            torch.device("cpu"))
     for name in out:
         assert torch.equal(out[name], without[name])
     values = torch.randn(6, 17, 3)
-    assert flip_where(batch["flip"], values, flip_joints_3d) is values
+    assert torch.equal(flip_where(batch["flip"], values, flip_joints_3d), values)
+    assert "flip" not in with_batch_flip(batch, False)
+    assert with_batch_flip(batch, True)["flip"].all() and not batch["flip"].any()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

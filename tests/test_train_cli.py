@@ -441,3 +441,62 @@ def test_bare_resume_takes_the_newest_readable_checkpoint(tmp_path):
     os.remove(paths.last)
     with pytest.raises(MetaPoseError, match="found nothing to resume"):
         training_checkpoint.find_resume_checkpoint(paths, logger)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two machines, simulated by two torchrun agents meeting through c10d on 127.0.0.1
+
+
+def _two_agents(arguments, folders):
+    """Runs train.py under two torchrun agents of one process each (--nnodes=2, c10d
+    rendezvous), agent i with the arguments arguments[i] in the working folder folders[i];
+    returns [(output, exit status)] of both."""
+    port = free_port()
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                f"--rdzv_id=two{port}", os.path.join(REPO, "train.py")]
+    agents = [subprocess.Popen(launcher + args, cwd=folder, env=_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+              for args, folder in zip(arguments, folders)]
+    return [(agent.communicate(timeout=600)[0], agent.returncode) for agent in agents]
+
+
+def test_two_machines_train_like_one_and_generate_their_own_data(workspace, ddp_baseline,
+                                                                  tmp_path):
+    """Two agents (as two machines) with one process each give bit for bit the metrics and the
+    weights of one machine with two processes; the second machine's data folder starts empty
+    and its first process generates the same synthetic set (no shared filesystem for data)."""
+    empty = str(tmp_path / "machine_b_data")
+    args = workspace.args("two_machines")
+    runs = _two_agents([args + [f"data.root={root}"] for root in (workspace.data, empty)],
+                       [REPO, REPO])
+    for output, status in runs:
+        assert status == 0, output[-3000:]
+    assert os.path.isfile(os.path.join(empty, "h36m_train.pkl"))  # generated there
+    reference_dir, _ = ddp_baseline
+    run_dir = workspace.run_dir("two_machines")
+    reference, metrics = read_metrics(reference_dir), read_metrics(run_dir)
+    assert [(m["epoch"], m["p1"], m["p2"]) for m in metrics] == \
+        [(m["epoch"], m["p1"], m["p2"]) for m in reference]
+    a = load(os.path.join(reference_dir, "checkpoints", "last.pt"))["model"]
+    b = load(os.path.join(run_dir, "checkpoints", "last.pt"))["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_over_machines_without_a_shared_run_directory_stops_at_start(workspace,
+                                                                           ddp_baseline,
+                                                                           tmp_path):
+    """Each machine has its own --logdir (the same relative path, different working folders):
+    rank 0 may sit on either, so --resume stops on both at start, naming the requirement."""
+    import shutil
+
+    reference_dir, _ = ddp_baseline
+    machine_a, machine_b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(reference_dir, machine_a / "logs" / "ddp")
+    machine_b.mkdir()
+    args = ["--config", TINY, "--logdir", "logs", "--run-name", "ddp", "--resume",
+            f"data.root={workspace.data}", "train.batch_size=8", "train.epochs=3"]
+    for output, status in _two_agents([args, args], [str(machine_a), str(machine_b)]):
+        assert status != 0
+        assert "a filesystem every machine mounts at the same path" in output, output[-3000:]
+    assert [m["epoch"] for m in read_metrics(str(machine_a / "logs" / "ddp"))] == [1, 2]

@@ -106,6 +106,7 @@ NUMERIC_RANGES = {
     "eval.every": Range(1, None),
     "eval.num_visualize": Range(0, None),
     "distributed.init_timeout": Range(0, None, low_open=True),
+    "distributed.timeout": Range(0, None, low_open=True),
     "speed.cpu_threads": Range(1, None),
 }
 

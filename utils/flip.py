@@ -46,10 +46,8 @@ def flip_images(images):
 def flip_where(mask, tensor, flip_fn):
     """Applies `flip_fn` to the samples of `tensor` (batch first) where the bool `mask` (B,) is set.
 
-    A mask on the CPU with nothing set returns `tensor` itself; on a GPU the selection always
-    runs (checking the mask there would wait for the device: decide on the host copy instead).
+    The selection always runs, also when no sample flips: looking at the mask first would make
+    the host wait for the device.
     """
-    if mask.device.type == "cpu" and not bool(mask.any()):
-        return tensor
     shape = (-1,) + (1,) * (tensor.dim() - 1)
     return torch.where(mask.view(shape), flip_fn(tensor), tensor)

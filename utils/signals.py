@@ -1,7 +1,10 @@
-"""Cooperative stops: SIGTERM/SIGINT become a flag that the training loop checks between steps."""
+"""Cooperative stops: SIGTERM/SIGINT become a flag that the training loop checks between steps;
+DataLoader workers outlive a signal sent to the whole process group until the loop has stopped."""
 
 import contextlib
+import os
 import signal
+import threading
 
 from utils.logger import get_logger
 
@@ -86,3 +89,30 @@ def sigterm_raises():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+# Seconds a DataLoader worker goes on after SIGTERM: the main process finishes its step, saves
+# and shuts its workers down well within this; a worker that is stuck ends by itself then.
+WORKER_GRACE_S = 120.0
+
+
+def _worker_stop_later(signum, frame):
+    if not getattr(_worker_stop_later, "armed", False):
+        _worker_stop_later.armed = True
+        timer = threading.Timer(WORKER_GRACE_S, os._exit, (128 + signum,))
+        timer.daemon = True
+        timer.start()
+
+
+def worker_outlives_stop_signals(worker_id=None):
+    """DataLoader `worker_init_fn`: the worker ignores SIGINT and defers SIGTERM by
+    WORKER_GRACE_S seconds.
+
+    `timeout`, Slurm's scancel and time limits, and Ctrl-C in a terminal signal the whole
+    process group, workers included. A worker that died of it would make the main process fail
+    at its next batch (or anywhere, from the DataLoader's SIGCHLD handler) with a traceback,
+    instead of the cooperative stop that the main process's StopRequest makes: finish the step,
+    save checkpoints/last.pt, shut the workers down and exit 128 + signal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_stop_later)
