@@ -28,6 +28,7 @@ from utils.cli import UnderscoreAliasParser, add_overrides_argument, error_messa
 from utils.config import CHOICES, load_config
 from utils.cpu_threads import configure_cpu_threads
 from utils.errors import MetaPoseError
+from utils.input_files import file_problem, shown_path
 from utils.launcher_watchdog import report_to_launcher, watch_launcher
 from utils.logger import NullWriter, build_tb_writer, close_logger, setup_logger
 from utils.multi_machine import (DATA_FIX, RESUME_FIX, places, require_same_file,
@@ -404,9 +405,10 @@ def eval_checkpoint_path(args, config):
     """The file --eval scores: --checkpoint, or the released weights of the image encoder."""
     encoder = config.model.image_encoder.type
     path = args.checkpoint or os.path.join(REPO_ROOT, "checkpoint", f"best_epoch_{encoder}.bin")
-    if not os.path.exists(path):
+    problem = file_problem(path)
+    if problem is not None:
         raise MetaPoseError(
-            f"no checkpoint to evaluate: '{path}' does not exist. Pass --checkpoint "
+            f"no checkpoint to evaluate: '{shown_path(path)}' {problem}. Pass --checkpoint "
             f"logs/<run>/checkpoints/best.pt (a run of yours) or put the released weights at "
             f"checkpoint/best_epoch_{encoder}.bin.")
     return path

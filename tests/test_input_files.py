@@ -157,3 +157,16 @@ def test_label_and_detection_files_are_checked_by_kind(tmp_path):
         load_3dhp_labels(str(tmp_path))
     with pytest.raises(MetaPoseError, match="CPN detection file .* is a folder, not a file"):
         load_cpn(str(tmp_path))
+
+
+def test_eval_names_a_dangling_checkpoint_link_as_such(tmp_path):
+    """--eval --checkpoint LINK whose target is gone says so, not "does not exist"."""
+    import train
+
+    link = tmp_path / "best.pt"
+    link.symlink_to(tmp_path / "gone.pt")
+    args = train.parse_args(["--config", "experiments/tests/tiny.yaml", "--eval",
+                             "--checkpoint", str(link)])
+    config = train.resolve_config(args)
+    with pytest.raises(MetaPoseError, match="is a symbolic link to a file that does not exist"):
+        train.eval_checkpoint_path(args, config)
