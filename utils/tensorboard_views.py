@@ -171,7 +171,7 @@ def bar_figure(panels, title, xlabel):
     from utils.visualization import new_figure
     count = len(panels)
     widest = max(len(bars) for bars in panels.values())
-    width = max(4.0, 0.45 * widest + _LEFT + _RIGHT)
+    width = max(5.5, 0.45 * widest + _LEFT + _RIGHT)  # room for the title
     height = count * (_PANEL_HEIGHT + _NAMES_HEIGHT) + _TITLE_HEIGHT
     figure = new_figure(width, height)
     figure.subplots_adjust(left=_LEFT / width, right=1 - _RIGHT / width,
