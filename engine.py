@@ -18,8 +18,14 @@ from models.flip_test import predict
 from utils import distributed as dist_utils
 from utils.checkpoint import first_non_finite
 from utils.errors import MetaPoseError
+from utils.joint_errors import JointErrorSums
 from utils.logger import get_logger
 from utils.precision import autocast_context
+from utils.tensorboard_views import write_frame_grid
+
+
+# The unit in the TensorBoard tag of each loss term but the MPJPE (written in millimetres).
+LOSS_UNITS = {"loss": "m", "kl": "nats"}
 
 
 @dataclass
@@ -271,13 +277,14 @@ class _EpochProgress:
 
 
 def add_loss_scalars(writer, section, terms, global_step):
-    """Loss terms {name: float} as TensorBoard scalars `<section>/<name>`; the MPJPE term (metres
-    in the loss) goes to `<section>/mpjpe_mm` in millimetres, like every other MPJPE curve."""
+    """Loss terms {name: float} as TensorBoard scalars `<section>/<name>_<unit>`: "loss" (the
+    weighted total, metres while loss.kl is 0) as loss_m, the MPJPE term (metres in the loss) as
+    mpjpe_mm in millimetres like every other MPJPE curve, the KL term as kl_nats."""
     for name, value in terms.items():
         if name == "mpjpe":
             writer.add_scalar(f"{section}/mpjpe_mm", value * 1000.0, global_step)
         else:
-            writer.add_scalar(f"{section}/{name}", value, global_step)
+            writer.add_scalar(f"{section}/{name}_{LOSS_UNITS[name]}", value, global_step)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,17 +302,19 @@ def evaluate(model, loader, device, *, metrics, flip_test=True, amp="none",
         metrics: the dataset's MetricSet (utils/metric_set.py, from datasets.build_metric_set)
             to fill, reset first.
         flip_test: average with the mirrored prediction of the mirrored input.
-        num_visualize: frames of rank 0's shard drawn into `writer` as figures.
+        num_visualize: frames of rank 0's shard drawn into `writer` as one grid image.
         stop: StopRequest; a signal abandons the pass (all processes agree at the end).
     Returns:
         the metric set's summary over all processes (H36M: "p1", "p2", "frames", "per_action";
         MPI-INF-3DHP: "pck", "auc", "mpjpe", "frames", "per_scene", "per_sequence") plus
-        "samples_per_s", or None when a stop request abandoned the evaluation.
+        "samples_per_s" and "per_joint_mm" (each joint's mean error, H36M joint order), or None
+        when a stop request abandoned the evaluation.
     Raises:
         MetaPoseError on every process when the model predicted NaN/Inf for any frame.
     """
     model.eval()
     metrics.reset()
+    joints = JointErrorSums(metrics, device)
     predictions, batches, shown = [], [], []
     start = time.perf_counter()
     abandoned = False
@@ -317,12 +326,14 @@ def evaluate(model, loader, device, *, metrics, flip_test=True, amp="none",
         inputs = prepare_batch(batch, device, channels_last, normalize=False)
         # Predictions stay on the device until the pass ends: nothing here waits for it.
         predictions.append(predict(model, inputs, flip_test, amp))
+        joints.add(predictions[-1], inputs["joints_3d"], batch.get("valid"))
         if dist_utils.is_main():
             shown += [(len(batches), i, batch["image"][i])
                       for i in range(min(num_visualize - len(shown), batch["image"].shape[0]))]
         batches.append({name: value for name, value in batch.items() if name != "image"})
     # The one transfer of the pass, then the metrics on the host.
     pred = torch.cat(predictions).cpu() if predictions else None
+    joint_sums = joints.sums.cpu()
     non_finite = 0
     if pred is not None:
         frames = concatenate_batches(batches)
@@ -330,18 +341,19 @@ def evaluate(model, loader, device, *, metrics, flip_test=True, amp="none",
         metrics.update_batch(pred, frames["joints_3d"], frames)
     state = metrics.state()
     flags = torch.tensor([float(non_finite), float(abandoned)], dtype=state.dtype)
-    flat = dist_utils.all_reduce_sum(torch.cat([state.flatten(), flags]))
+    flat = dist_utils.all_reduce_sum(torch.cat([state.flatten(), joint_sums.to(state), flags]))
     if float(flat[-1]) > 0:
         return None
-    metrics.load_state(flat[:-2].view_as(state))
+    metrics.load_state(flat[:state.numel()].view_as(state))
     summary = metrics.summary()
+    summary["per_joint_mm"] = joints.means_mm(flat[state.numel():-2])
     if float(flat[-2]) > 0:
         raise _non_finite_predictions(model, int(flat[-2]), summary["frames"],
                                       amp if device.type == "cuda" else "none",
                                       metrics.score_label)
     summary["samples_per_s"] = summary["frames"] / max(time.perf_counter() - start, 1e-9)
     if writer and shown:
-        _draw_figures(writer, _figure_samples(shown, batches, pred, metrics), global_step)
+        write_frame_grid(writer, _figure_samples(shown, batches, pred, metrics), global_step)
     return summary
 
 
@@ -382,12 +394,3 @@ def _non_finite_predictions(model, count, frames, amp, score_label):
                          f"{frames} validation frames, so {score_label} and the other metrics "
                          f"cannot be computed; {why}.")
 
-
-def _draw_figures(writer, samples, global_step):
-    """Each sample as a TensorBoard image: the crop with its 2D joints, predicted and true 3D."""
-    from utils.visualization import draw_sample, figure_to_array
-    for number, sample in enumerate(samples):
-        figure = draw_sample(sample["image"], sample["keypoints_crop"], sample["pred_3d"],
-                             sample["gt_3d"], title=sample["title"])
-        writer.add_image(f"val/sample_{number}", figure_to_array(figure), global_step,
-                         dataformats="HWC")

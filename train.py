@@ -36,6 +36,7 @@ from utils.multi_machine import (DATA_FIX, RESUME_FIX, places, require_same_file
 from utils.peer_watch import silent_peers
 from utils.run_dir import REPO_ROOT, metrics_record, open_run_dir, record_metrics
 from utils.signals import StopRequest, sigterm_raises
+from utils import tensorboard_views
 from utils.training_checkpoint import (TrainState, check_resumed_data, check_training_checkpoint,
                                        find_resume_checkpoint, load_weights, resume_training,
                                        save_training_checkpoint, score_text)
@@ -169,13 +170,14 @@ def data_fingerprint(datasets):
 
 
 def log_evaluation(logger, writer, summary, epoch, metric_set):
-    """The dataset's table in the log and its scalars in TensorBoard."""
+    """The dataset's table in the log, its scalars and figures in TensorBoard."""
     logger.info("evaluation%s: %d frames\n%s", f" after epoch {epoch}" if epoch else "",
                 summary["frames"], metric_set.format_table(summary))
     if writer:
         for tag, value in metric_set.scalars(summary).items():
             writer.add_scalar(tag, value, epoch or 0)
         writer.add_scalar("val/samples_per_s", summary["samples_per_s"], epoch or 0)
+        tensorboard_views.write_evaluation(writer, summary, epoch or 0, metric_set)
 
 
 class Training:
@@ -320,6 +322,7 @@ class Training:
         new_best = metric_set.is_better(score, state.best_score)
         if new_best:
             state.best_score, state.best_epoch = score, epoch
+        tensorboard_views.write_best_score(self.writer, metric_set, state.best_score, epoch)
         state.eval_pending = False
         self.save(new_best, metrics_record(summary, epoch, metric_set))
 
@@ -518,6 +521,7 @@ def _main(argv):
             if not args.eval:
                 run.started(config, job.notes)  # a training's directory is kept from here on
             writer = build_tb_writer(run.paths.file("tb"), context.rank)
+            tensorboard_views.write_run_config(writer, config, job.metric_set)
             status = job.run(writer)
             run.started(config, job.notes)  # an evaluation's, once eval.json is written
         except BaseException as error:

@@ -162,18 +162,27 @@ class _FailSafeWriter:
             return attribute
 
         def call(*args, **kwargs):
-            if self._failed:
-                return None
-            try:
-                return attribute(*args, **kwargs)
-            except OSError as error:
-                self._failed = True
-                get_logger().warning("cannot write TensorBoard events to '%s' (%s): TensorBoard "
-                                     "logging stops here and the run goes on (free space now, "
-                                     "or the next checkpoint cannot be written either)",
-                                     self._log_dir, error.strerror or error)
-                return None
+            return self._guarded(attribute, *args, **kwargs)
         return call
+
+    def add_summary(self, summary, global_step=None):
+        """Writes a ready-made Summary protocol buffer (e.g. the hparams plugin's, which
+        SummaryWriter.add_hparams would put into a separate run directory)."""
+        return self._guarded(lambda: self._writer._get_file_writer().add_summary(summary,
+                                                                                 global_step))
+
+    def _guarded(self, function, *args, **kwargs):
+        if self._failed:
+            return None
+        try:
+            return function(*args, **kwargs)
+        except OSError as error:
+            self._failed = True
+            get_logger().warning("cannot write TensorBoard events to '%s' (%s): TensorBoard "
+                                 "logging stops here and the run goes on (free space now, "
+                                 "or the next checkpoint cannot be written either)",
+                                 self._log_dir, error.strerror or error)
+            return None
 
     def __bool__(self):
         return True

@@ -4,6 +4,8 @@ set (datasets/registry.py; H36M: utils/metrics_h36m.py, MPI-INF-3DHP: utils/metr
 
 import math
 
+import torch
+
 
 class MetricSet:
     """Accumulates one evaluation pass and presents its result.
@@ -16,11 +18,14 @@ class MetricSet:
         score_key: the summary key that is "the" score (checkpoints/best.pt keeps the best one).
         score_label: its name in log lines, e.g. "P1".
         lower_is_better: whether a smaller score is better.
+        overview_tags: the TensorBoard tags (of `scalars`) of the main figures, the score's
+            first; the hparams view of TensorBoard compares runs on them.
     """
 
     score_key = None
     score_label = None
     lower_is_better = True
+    overview_tags = ()
 
     def __init__(self, state):
         self._state = state
@@ -57,6 +62,17 @@ class MetricSet:
     def sample_title(self, batch, position):
         """Title of sample `position` of `batch` in the figures drawn at evaluation."""
         return f"frame {int(batch['index'][position])}"
+
+    def breakdown(self, summary):
+        """The figures of `summary` per group of frames, for a bar chart: (group kind, e.g.
+        "action", {figure label with its unit: {group name: value}}), or None."""
+        return None
+
+    def joint_errors_mm(self, pred, target):
+        """(B, 17) Euclidean error of each joint in millimetres, as the dataset's protocol
+        measures it (root-relative poses compared as they are); pred, target (B, 17, 3) metres.
+        Runs on the tensors' device, so evaluation sums it per joint without waiting."""
+        return torch.linalg.vector_norm(pred.float() - target.float(), dim=-1) * 1000.0
 
     # -- shared ----------------------------------------------------------------------------
 

@@ -68,6 +68,7 @@ class PoseAccuracyAccumulator(MetricSet):
     score_key = "mpjpe"
     score_label = "MPJPE"
     lower_is_better = True
+    overview_tags = ("val/mpjpe_mm", "val/pck", "val/auc")
 
     def __init__(self, sequence_names, device="cpu"):
         """sequence_names: names of the sequence ids 0..S-1 that samples carry ("TS1", ...)."""
@@ -166,6 +167,18 @@ class PoseAccuracyAccumulator(MetricSet):
             values[f"val_per_scene/{scene}_auc"] = figures["auc"]
             values[f"val_per_scene/{scene}_mpjpe_mm"] = figures["mpjpe"]
         return values
+
+    def breakdown(self, summary):
+        """Per scene (per sequence where no sequence belongs to a scene)."""
+        kind, groups = ("scene", summary["per_scene"]) if summary["per_scene"] else \
+            ("sequence", summary["per_sequence"])
+        return kind, {"PCK@150 mm (%)": {name: values["pck"] for name, values in groups.items()},
+                      "AUC (%)": {name: values["auc"] for name, values in groups.items()},
+                      "MPJPE (mm)": {name: values["mpjpe"] for name, values in groups.items()}}
+
+    def joint_errors_mm(self, pred, target):
+        """Centred at the pelvis first, as this protocol's MPJPE (`joint_errors_mm` above)."""
+        return joint_errors_mm(pred, target)
 
     def headline(self, summary):
         return (f"PCK {summary['pck']:.1f}  AUC {summary['auc']:.1f}  MPJPE "

@@ -93,6 +93,7 @@ class ActionErrorAccumulator(MetricSet):
     score_key = "p1"
     score_label = "P1"
     lower_is_better = True
+    overview_tags = ("val/p1_mm", "val/p2_mm")
 
     def __init__(self, device="cpu"):
         super().__init__(torch.zeros(3, NUM_ACTIONS, dtype=torch.float64, device=device))
@@ -166,8 +167,13 @@ class ActionErrorAccumulator(MetricSet):
     def scalars(self, summary):
         values = {"val/p1_mm": summary["p1"], "val/p2_mm": summary["p2"]}
         for name, per_action in summary["per_action"].items():
-            values[f"val_p1_per_action/{name}"] = per_action["p1"]
+            values[f"val_p1_mm_per_action/{name}"] = per_action["p1"]
         return values
+
+    def breakdown(self, summary):
+        actions = summary["per_action"]
+        return "action", {"P1 (mm)": {name: values["p1"] for name, values in actions.items()},
+                          "P2 (mm)": {name: values["p2"] for name, values in actions.items()}}
 
     def headline(self, summary):
         return (f"P1 {summary['p1']:.2f} mm  P2 {summary['p2']:.2f} mm  "

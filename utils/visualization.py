@@ -145,7 +145,8 @@ def _draw_sample_into(fig, cell_image, cell_pose, sample):
     _draw_pose_panel(ax_pose, sample["pred_3d"], sample["gt_3d"])
 
 
-def _new_figure(width, height):
+def new_figure(width, height):
+    """A matplotlib Figure of `width` x `height` inches on its own Agg canvas."""
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)  # attaches itself as fig.canvas; no pyplot state is touched
     return fig
@@ -164,7 +165,7 @@ def draw_sample(image_uint8, keypoints_crop, pred_3d, gt_3d, title=None):
         matplotlib Figure (Agg canvas): left joints blue, right red, ground truth dashed black;
         the 3D axes show X, Z (depth) and -Y so that up is up, with equal aspect.
     """
-    fig = _new_figure(_IMAGE_WIDTH + _PLOT_WIDTH, _ROW_HEIGHT)
+    fig = new_figure(_IMAGE_WIDTH + _PLOT_WIDTH, _ROW_HEIGHT)
     grid = GridSpec(1, 2, figure=fig, width_ratios=[_IMAGE_WIDTH, _PLOT_WIDTH], wspace=0.05,
                     left=0.02, right=0.98, top=0.92, bottom=0.04)
     _draw_sample_into(fig, grid[0, 0], grid[0, 1], {
@@ -181,29 +182,43 @@ def figure_to_array(fig):
     return np.array(fig.canvas.buffer_rgba())[..., :3]
 
 
-def save_samples_png(path, samples, columns=2, dpi=100):
-    """Draws several frames in one grid and writes it as a PNG.
+def draw_samples_grid(samples, columns=2):
+    """Several frames in one figure, `columns` per row (each an image panel and a 3D panel).
 
     Args:
-        path: output file; missing parent folders are created.
         samples: list of dicts with keys image, keypoints_crop, pred_3d, gt_3d and optional
             title, as the arguments of `draw_sample`.
-        columns: samples per row (each sample takes an image panel and a 3D panel).
-        dpi: resolution of the PNG.
+        columns: samples per row.
     Returns:
-        path.
+        matplotlib Figure (Agg canvas).
     """
     if not samples:
-        raise ValueError("save_samples_png needs at least one sample")
+        raise ValueError("draw_samples_grid needs at least one sample")
     columns = max(1, min(columns, len(samples)))
     rows = (len(samples) + columns - 1) // columns
-    fig = _new_figure((_IMAGE_WIDTH + _PLOT_WIDTH) * columns, _ROW_HEIGHT * rows)
+    fig = new_figure((_IMAGE_WIDTH + _PLOT_WIDTH) * columns, _ROW_HEIGHT * rows)
     grid = GridSpec(rows, 2 * columns, figure=fig,
                     width_ratios=[_IMAGE_WIDTH, _PLOT_WIDTH] * columns,
                     wspace=0.05, hspace=0.15, left=0.02, right=0.98, top=0.95, bottom=0.03)
     for number, sample in enumerate(samples):
         row, column = divmod(number, columns)
         _draw_sample_into(fig, grid[row, 2 * column], grid[row, 2 * column + 1], sample)
+    return fig
+
+
+def save_samples_png(path, samples, columns=2, dpi=100):
+    """Draws several frames in one grid (`draw_samples_grid`) and writes it as a PNG.
+
+    Args:
+        path: output file; missing parent folders are created.
+        samples, columns: as `draw_samples_grid`'s.
+        dpi: resolution of the PNG.
+    Returns:
+        path.
+    """
+    if not samples:
+        raise ValueError("save_samples_png needs at least one sample")
+    fig = draw_samples_grid(samples, columns)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fig.savefig(path, dpi=dpi, format="png")
