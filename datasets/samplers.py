@@ -72,7 +72,8 @@ class ShardSampler(torch.utils.data.Sampler):
                                 "Check data.val_file and data.image_dir.")
         if num_replicas > num_samples:
             raise MetaPoseError(
-                f"{num_replicas} processes but only {num_samples} validation frames: every "
+                f"{num_replicas} processes but only {num_samples} validation "
+                f"frame{'s' if num_samples != 1 else ''}: every "
                 "process needs at least one frame. Use fewer processes or a larger validation set.")
         base, extra = divmod(int(num_samples), int(num_replicas))
         self.start = rank * base + min(rank, extra)

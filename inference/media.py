@@ -132,6 +132,8 @@ def open_input(path):
     try:
         read_image(path)
     except MetaPoseError as error:
+        if path.lower().endswith(IMAGE_EXTENSIONS):  # an image by its name: its own problem
+            raise MetaPoseError(f"input {str(error).split('. ')[0]}. {_REMEDY}") from None
         raise MetaPoseError(f"input '{shown_path(path)}' is neither a readable image nor a video "
                             f"(by its extension: {', '.join(VIDEO_EXTENSIONS)}): "
                             f"{str(error).split('. ')[0]}.") from None

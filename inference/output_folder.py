@@ -21,7 +21,7 @@ import os
 import shutil
 
 from utils.atomic_files import (TEMPORARY_SUFFIX, atomic_write_text, fsync_folder,
-                                make_temporary_folder)
+                                make_temporary_folder, write_failure_reason)
 from utils.errors import MetaPoseError
 from utils.input_files import shown_path
 from utils.run_lock import holder_record
@@ -77,7 +77,7 @@ class OutputFolder:
         except OSError as error:
             self._cleanup()
             raise MetaPoseError(f"cannot write into the output folder '{shown_path(self.out_dir)}'"
-                                f" ({error.strerror or error}); pass a writable --out.") from None
+                                f" ({write_failure_reason(self.out_dir, error)}); pass a writable --out.") from None
         except BaseException:
             self._cleanup()
             raise

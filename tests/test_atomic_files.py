@@ -42,3 +42,27 @@ def test_a_folder_or_a_link_to_a_fifo_is_left_alone(tmp_path):
     with pytest.raises(MetaPoseError, match="FIFO"):
         atomic_write_text(link, "text")
     assert link.is_symlink() and stat.S_ISFIFO(os.stat(link).st_mode)
+
+
+def test_a_file_where_a_folder_is_needed_is_named(tmp_path):
+    """An output below a regular file: the message names that file as the cause (the OS only
+    says 'File exists' or 'Not a directory')."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(MetaPoseError) as caught:
+        atomic_write_text(blocker / "deeper" / "p.yaml", "text")
+    message = str(caught.value)
+    assert f"'{blocker}' is a file, not a folder" in message, message
+    assert "File exists" not in message and "Not a directory" not in message
+    assert blocker.read_text() == "x"
+
+
+def test_the_output_folder_of_infer_names_a_file_in_the_way(tmp_path):
+    from inference.output_folder import OutputFolder
+
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(MetaPoseError) as caught:
+        with OutputFolder(blocker / "out"):
+            pass
+    assert f"'{blocker}' is a file, not a folder" in str(caught.value), str(caught.value)

@@ -498,3 +498,16 @@ def test_one_run_per_out_folder_and_leftovers_of_a_killed_run_are_removed(tiny_c
     status, err = infer(argv, capsys)
     assert status == 0, err
     assert sorted(os.listdir(out)) == ["grace_hopper_3d.png", "predictions.json"]
+
+
+def test_a_warning_during_the_progress_bar_starts_a_line_of_its_own(tiny_checkpoint, tmp_path,
+                                                                     capsys):
+    """The random-HRNet warning comes while the progress bar is drawn: it must not be glued to
+    the end of the bar's line."""
+    video = write_video(tmp_path / "clip.mp4", frames=2)
+    status, err = infer(["--checkpoint", tiny_checkpoint, "--input", video,
+                         "--out", str(tmp_path / "out"), "--action", "all"], capsys)
+    assert status == 0, err
+    pieces = [piece for line in err.split("\n") for piece in line.split("\r")]
+    warned = [piece for piece in pieces if "warning:" in piece]
+    assert warned and all(piece.startswith("warning:") for piece in warned), err

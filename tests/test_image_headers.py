@@ -144,3 +144,19 @@ def test_an_unreadable_or_foreign_header_is_refused(tmp_path, data, words):
     path.write_bytes(data)
     with pytest.raises(MetaPoseError, match=f"cannot be decoded: .*{words}"):
         read_image(str(path))
+
+
+@pytest.mark.parametrize("name, suffix", [("JPEG 60000x60000", ".jpg"), ("PNG", ".png")])
+def test_infer_names_the_declared_size_of_a_huge_input_image_first(tmp_path, name, suffix):
+    """An --input image that is too large is named as such, not as 'neither an image nor a
+    video' followed by the list of video extensions."""
+    from inference.media import open_input
+
+    data, width, height = HUGE[name]
+    path = tmp_path / f"huge{suffix}"
+    path.write_bytes(data)
+    with pytest.raises(MetaPoseError) as caught:
+        open_input(str(path))
+    message = str(caught.value)
+    assert message.startswith(f"input image '{path}' declares {width}x{height} pixels"), message
+    assert "neither" not in message and ".mp4" not in message

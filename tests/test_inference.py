@@ -273,7 +273,7 @@ def _bad_inputs(root, checkpoint, image):
     base = ["--checkpoint", checkpoint, "--action", "all"]
     return [
         (base + ["--input", str(root / "missing.jpg")], "does not exist"),
-        (base + ["--input", str(root / "notes.jpg")], "neither a readable image"),
+        (base + ["--input", str(root / "notes.jpg")], "cannot be decoded: it is not a JPEG"),
         (base + ["--input", str(root / "broken.mp4")], "video"),
         (base + ["--input", image, "--keypoints", str(root / "kp16.json")], "16 joints"),
         (base + ["--input", image, "--keypoints", str(root / "kpnan.json")], "not finite"),

@@ -68,3 +68,9 @@ def test_train_sampler_handles_more_processes_than_samples():
     assert set(sum(shards, [])) == {0, 1, 2}
     with pytest.raises(MetaPoseError, match="empty"):
         TrainSampler(0, 1, 0)
+
+
+def test_more_processes_than_frames_reads_in_good_english():
+    with pytest.raises(MetaPoseError) as caught:
+        ShardSampler(1, num_replicas=2, rank=0)
+    assert "2 processes but only 1 validation frame:" in str(caught.value), str(caught.value)

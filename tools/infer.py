@@ -204,6 +204,14 @@ def check_user_files(args, source, boxes_file, keypoints_file, fmt):
     return requests
 
 
+def show_warning(message, *_, **__):
+    """Warnings as 'warning: ...' lines, written around a progress bar being drawn (not glued
+    to the end of its line)."""
+    from tqdm import tqdm
+
+    tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
 def progress(iterable, total, description, enabled):
     from tqdm import tqdm
 
@@ -350,7 +358,7 @@ def check_model_inputs(args, checkpoint_file, keypoints_file):
 def main(argv=None):
     args = parse_args(argv)
     name_output_flag("--out", args.out)
-    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
+    warnings.showwarning = show_warning
     source = open_input(args.input)
     check_output_folder(args.out, source)
     boxes_file = PeopleFile(args.boxes, "--boxes") if args.boxes else None

@@ -105,8 +105,29 @@ def output_flag(path):
         path = parent
 
 
+def _file_in_the_way(path):
+    """The closest existing folder of `path` when it is not a folder (a regular file, say), or
+    None: writing below it fails with 'File exists' or 'Not a directory', which hides the cause."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent):
+        above = os.path.dirname(parent)
+        if above == parent:
+            return None
+        parent = above
+    return None if os.path.isdir(parent) else parent
+
+
+def write_failure_reason(path, error):
+    """Why writing `path` failed, in words: the file that stands where a folder is needed, else
+    the OS's own reason for `error` (an OSError)."""
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        return f"'{shown_path(blocker)}' is a file, not a folder, so nothing can be written inside it"
+    return error.strerror or str(error)
+
+
 def _write_error(path, error):
-    reason = error.strerror or str(error)
+    reason = write_failure_reason(path, error)
     kept = (f"the previous '{os.path.basename(path)}' is intact" if os.path.exists(path)
             else "nothing was overwritten")
     flag = output_flag(path)

@@ -182,7 +182,8 @@ def _rendezvous(rank, world_size, timeout_s):
     except TimeoutError:
         raise MetaPoseError(
             f"{what}: something listens at {address}:{port}, but it did not answer as the run's "
-            f"rendezvous store within {left + _ANSWER_MARGIN_S:.0f} s: another program (or "
+            f"rendezvous store within {left + _ANSWER_MARGIN_S:.0f} s (distributed.init_timeout "
+            f"and {_ANSWER_MARGIN_S:.0f} s for its answer): another program (or "
             "another run) holds that port. Give every process of the run a free MASTER_PORT, "
             "or stop the program that holds it.") from None
     except (dist.DistError, RuntimeError, ValueError, OSError) as error:
