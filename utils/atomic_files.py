@@ -138,8 +138,9 @@ def _write_error(path, error):
             f"was removed. Free some space (or {elsewhere}), then run again; a training run "
             "continues from its last checkpoint with --resume.")
     elsewhere = f"pass another {flag}" if flag else "write to another folder"
-    return MetaPoseError(f"cannot write '{path}' ({reason}); {kept}. Check the permissions and "
-                         f"the file system of that folder (or {elsewhere}).")
+    check = ("Move that file away" if _file_in_the_way(path) is not None
+             else "Check the permissions and the file system of that folder")
+    return MetaPoseError(f"cannot write '{path}' ({reason}); {kept}. {check} (or {elsewhere}).")
 
 
 def _refuse_non_regular_target(path):
