@@ -145,3 +145,21 @@ def test_unknown_stage1_key_is_refused():
         load_config(TINY, ["data.synthetic.trunk.epoch=3"])
     with pytest.raises(MetaPoseError, match="data.synthetic.trunk.sigma"):
         load_config(TINY, ["data.synthetic.trunk.sigma=0"])
+
+
+def test_train_runs_stage1_when_the_trunk_is_missing_and_then_keeps_it(tmp_path):
+    from models.trunk_pretraining import ensure_trunk
+    from tests.launch import run_train_in_fork
+
+    folder = tmp_path / "set"
+    overrides = _overrides(str(folder), "data.synthetic.train_frames=12",
+                           "data.synthetic.val_frames=6", "train.epochs=1", "train.batch_size=6",
+                           "eval.num_visualize=0")
+    output = tmp_path / "train.log"
+    assert run_train_in_fork(["--config", TINY, "--logdir", str(tmp_path / "logs"), *overrides],
+                             output=str(output)) == 0
+    assert "stage 1: training the trunk because" in output.read_text()
+    written = os.path.getmtime(folder / "trunk.pth")
+    recorded = ensure_trunk(load_config(TINY, overrides))  # current: kept, its accuracy returned
+    assert os.path.getmtime(folder / "trunk.pth") == written
+    assert set(recorded) == {"pck_2px", "pck_4px", "mean_error_px", "joints"}
