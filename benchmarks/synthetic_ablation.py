@@ -230,9 +230,14 @@ def _cell_text(mean, std, count):
     return f"{mean:.2f}{spread} (n={count})"
 
 
-def markdown_page(results, summary, command, wall_s):
+def machine_text():
     import torch
 
+    return (f"{platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, no GPU; "
+            f"torch {torch.__version__}")
+
+
+def markdown_page(results, summary, command, wall_s, planned, figure):
     lines = [
         "# Synthetic ablation",
         "",
@@ -242,9 +247,9 @@ def markdown_page(results, summary, command, wall_s):
         "Human3.6M or MPI-INF-3DHP data.",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores shared with other jobs, no "
-        f"GPU; torch {torch.__version__}; every run one compute thread.  ",
-        f"Wall time of the runs stored: {wall_s / 60:.0f} min of run time in all.",
+        f"Machine: {machine_text()}; every run one compute thread.  ",
+        f"Runs: {len(results)} finished of the {planned} this command plans; their wall time "
+        f"{wall_s / 60:.0f} min in all (runs in parallel overlap).",
         "",
         "Each row is the quick-start demo with one factor changed: `images` the demo as it is "
         "(a frozen stage-1 trunk trained on the synthetic crops), `blank` all-zero images "
@@ -269,11 +274,11 @@ def markdown_page(results, summary, command, wall_s):
             lines.append(f"| {config} | {variant} | " + " | ".join(
                 _cell_text(*cell[key]) for key, _, _ in metrics) + " |")
         lines.append("")
-    lines += ["![synthetic ablation](images/synthetic_ablation.png)", ""]
+    lines += [f"![synthetic ablation]({figure})", ""]
     return "\n".join(lines)
 
 
-def bar_chart(summary, path):
+def bar_chart(summary, path, footer):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -296,12 +301,14 @@ def bar_chart(summary, path):
                 xs.append(position + (offset - 1) * 0.26)
                 means.append(mean)
                 stds.append(0.0 if std != std else std)
-            axis.bar(xs, means, 0.25, yerr=stds, capsize=3, label=variant,
-                     color=colours[variant])
+            if xs:
+                axis.bar(xs, means, 0.25, yerr=stds, capsize=3, label=variant,
+                         color=colours[variant])
         axis.set_xticks([0, 1], ["paper", "corrected"])
         axis.set_title(title, fontsize=10)
         axis.legend(fontsize=8)
-    figure.tight_layout()
+    figure.text(0.01, 0.01, footer, fontsize=7, color="#555555")
+    figure.tight_layout(rect=(0, 0.05, 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -313,8 +320,10 @@ def write_report(args, results, command):
         return
     summary = summarise(results)
     wall_s = sum(entry["wall_s"] for entry in results.values())
-    atomic_write_text(args.markdown, markdown_page(results, summary, command, wall_s))
-    bar_chart(summary, args.figure)
+    figure = os.path.relpath(args.figure, os.path.dirname(os.path.abspath(args.markdown)))
+    atomic_write_text(args.markdown, markdown_page(results, summary, command, wall_s,
+                                                   len(planned_runs(args)), figure))
+    bar_chart(summary, args.figure, f"{command}  |  {machine_text()}")
     print(f"wrote {args.markdown} and {args.figure}", flush=True)
 
 
