@@ -246,7 +246,9 @@ def markdown_page(results, summary, command, wall_s, planned, figure):
         "pathways are used by the demo; they predict nothing about the figures on the real "
         "Human3.6M or MPI-INF-3DHP data.",
         "",
-        f"Command: `{command}`  ",
+        f"Command: `{command}`"
+        + (" (writes this page from the stored runs; the same command without --report-only "
+           "runs what is missing)  " if "--report-only" in command else "  "),
         f"Machine: {machine_text()}; every run one compute thread.  ",
         f"Runs: {len(results)} finished of the {planned} this command plans; their wall time "
         f"{wall_s / 60:.0f} min in all (runs in parallel overlap).",
