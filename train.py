@@ -152,6 +152,18 @@ def build_datasets(config, context, splits):
     return datasets
 
 
+def prepare_trunk(config, context):
+    """Stage 1 of the synthetic demo (models/trunk_pretraining.py): with
+    data.synthetic.trunk.enabled, the HRNet file model.image_encoder.pretrained is trained on the
+    synthetic crops when it is missing or stale, in the same turns as the synthetic set."""
+    if not config.data.synthetic.trunk.enabled:
+        return
+    from models.trunk_pretraining import ensure_trunk
+
+    turn = 0 if context.rank == 0 else 1 if context.local_rank == 0 else 2
+    dist_utils.in_turns(lambda: ensure_trunk(config) if turn < 2 else None, turn)
+
+
 def data_fingerprint(datasets):
     """{split: {"path", "sha256", "frames"}} of the label files `datasets` ({split: dataset})
     were read from: recorded in checkpoints and eval.json, compared on --resume. Rank 0 hashes
@@ -208,6 +220,8 @@ class Training:
         if args.resume is None:  # a later --resume needs what rank 0 writes on every machine
             warn_unless_shared(paths.root, context)
         self.metric_set = build_metric_set(config, val_set)
+        if start_path is None:
+            prepare_trunk(config, context)
         self.model = build_model_on_device(config, context,
                                            weights_from_checkpoint=start_path is not None)
         self.optimizer = engine.build_optimizer(self.model.trainable_parameters(),

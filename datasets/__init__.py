@@ -5,6 +5,7 @@ is, the synthetic set written when it is missing, the image folder and the sampl
 import logging
 import os
 
+from datasets.content_stamp import stamp_problem, write_stamp
 from datasets.registry import dataset_module
 from utils.errors import MetaPoseError
 from utils.input_files import file_problem, shown_path
@@ -14,13 +15,58 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "validation")
 
 
-def _write_synthetic(config, module):
+# The version of what the synthetic generators write (datasets/synthetic.py, synthetic_3dhp.py):
+# raised whenever their labels or images change, so that sets written before are written again.
+# 2: eyes and ears drawn, COCO-17 joints beside the labels (datasets/coco_joints_file.py).
+SYNTHETIC_VERSION = 2
+SYNTHETIC_STAMP = "synthetic_stamp.json"
+
+
+def synthetic_settings(dataset, train_frames, val_frames, seed, full_frames=False,
+                       train_file=None, val_file=None):
+    """What a synthetic set's content depends on: its stamp (datasets/content_stamp.py)."""
+    return {"dataset": dataset, "generator_version": SYNTHETIC_VERSION,
+            "train_frames": int(train_frames), "val_frames": int(val_frames), "seed": int(seed),
+            "full_frames": bool(full_frames), "train_file": train_file, "val_file": val_file}
+
+
+def write_synthetic_set(dataset, out_dir, train_frames, val_frames, seed, full_frames=False,
+                        train_file=None, val_file=None, verbose=True):
+    """Writes the synthetic set of `dataset` into `out_dir` and stamps it; returns the
+    generator's summary."""
+    summary = dataset_module(dataset).write_synthetic(
+        out_dir, train_frames, val_frames, seed, full_frames=full_frames,
+        train_file=train_file, val_file=val_file, verbose=verbose)
+    write_stamp(os.path.join(out_dir, SYNTHETIC_STAMP), synthetic_settings(
+        dataset, train_frames, val_frames, seed, full_frames,
+        os.path.basename(summary["train_file"]), os.path.basename(summary["val_file"])))
+    return summary
+
+
+def _config_settings(config):
     data, synthetic = config.data, config.data.synthetic
-    logger.info("generating a synthetic %s set (%d train, %d validation frames) in '%s'",
-                module.TITLE, synthetic.train_frames, synthetic.val_frames, data.root)
-    module.write_synthetic(data.root, synthetic.train_frames, synthetic.val_frames,
-                           synthetic.seed, full_frames=synthetic.full_frames,
-                           train_file=data.train_file, val_file=data.val_file)
+    return synthetic_settings(data.dataset, synthetic.train_frames, synthetic.val_frames,
+                              synthetic.seed, synthetic.full_frames, data.train_file,
+                              data.val_file)
+
+
+def synthetic_set_problem(config):
+    """None when data.root holds the synthetic set that config.data.synthetic asks for (both
+    label files and a matching stamp); otherwise why it must be written (again)."""
+    data = config.data
+    for name in (data.train_file, data.val_file):
+        if file_problem(os.path.join(data.root, name)) == "does not exist":
+            return f"'{name}' does not exist"
+    return stamp_problem(os.path.join(data.root, SYNTHETIC_STAMP), _config_settings(config))
+
+
+def _write_synthetic(config, module, reason):
+    data, synthetic = config.data, config.data.synthetic
+    logger.info("generating a synthetic %s set (%d train, %d validation frames) in '%s': %s",
+                module.TITLE, synthetic.train_frames, synthetic.val_frames, data.root, reason)
+    write_synthetic_set(data.dataset, data.root, synthetic.train_frames, synthetic.val_frames,
+                        synthetic.seed, full_frames=synthetic.full_frames,
+                        train_file=data.train_file, val_file=data.val_file)
 
 
 def resolve_image_dir(data):
@@ -45,9 +91,10 @@ def build_dataset(config, split, rank=0):
     """The dataset of `split` ("train" or "validation") as configured by `config.data`, built by
     the module of `data.dataset` (datasets/registry.py).
 
-    When `data.synthetic.enabled` and the label file is missing, rank 0 writes the synthetic
-    set of that dataset into `data.root` first (other ranks must wait for it, e.g. behind a
-    barrier).
+    When `data.synthetic.enabled` and a label file is missing or the set's stamp does not
+    match the settings and generator version (`synthetic_set_problem`), rank 0 writes the
+    synthetic set of that dataset into `data.root` first (other ranks must wait for it, e.g.
+    behind a barrier).
     Raises MetaPoseError for a missing or invalid label file, an empty split, or settings the
     dataset cannot serve.
     """
@@ -58,8 +105,10 @@ def build_dataset(config, split, rank=0):
     module.check_settings(config)
     train = split == "train"
     label_file = os.path.join(data.root, data.train_file if train else data.val_file)
-    if file_problem(label_file) == "does not exist" and data.synthetic.enabled and rank == 0:
-        _write_synthetic(config, module)
+    if data.synthetic.enabled and rank == 0:
+        reason = synthetic_set_problem(config)
+        if reason is not None:
+            _write_synthetic(config, module, reason)
     problem = file_problem(label_file)
     if problem is not None:
         raise MetaPoseError(

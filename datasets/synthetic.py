@@ -46,6 +46,7 @@ import numpy as np
 from datasets.camera import (
     apply_affine, box_from_root, crop_affine, pixels_to_screen, project, world_to_camera,
 )
+from datasets.coco_joints_file import write_coco_file
 from datasets.label_writer import write_label_pickle
 from datasets.labels import TRAIN_FILE, VAL_FILE
 from utils.errors import MetaPoseError
@@ -249,8 +250,9 @@ class _Sequence:
         weight = fraction * fraction * (3.0 - 2.0 * fraction)
         return self._key_pose(first), self._key_pose(first + 1), weight
 
-    def pose_at(self, image_id):
-        """World joints (17, 3) in mm (z up, floor at z = 0) of frame `image_id` (1-based)."""
+    def pose_at(self, image_id, with_face=False):
+        """World joints (17, 3) in mm (z up, floor at z = 0) of frame `image_id` (1-based);
+        with_face: also the (5, 3) face points of `face_points` (nose, eyes, ears), moved alike."""
         time_s = (image_id - 1) / FPS
         first, second, weight = self._blend(time_s)
         angles = (1.0 - weight) * first[0] + weight * second[0]
@@ -271,10 +273,11 @@ class _Sequence:
         else:
             position = (1.0 - weight) * first[1] + weight * second[1]
             yaw = (1.0 - weight) * first[2] + weight * second[2]
-        joints = pose_joints(_clip_to_limits(angles), self.bones, yaw)
+        joints, face = pose_joints(_clip_to_limits(angles), self.bones, yaw, with_face=True)
         ankle_height = 80.0 * SUBJECT_SCALES[self.key[1]]
         lift = ankle_height - min(joints[3, 2], joints[6, 2])
-        return joints + np.array([position[0] * 1000.0, position[1] * 1000.0, lift])
+        offset = np.array([position[0] * 1000.0, position[1] * 1000.0, lift])
+        return (joints + offset, face + offset) if with_face else joints + offset
 
 
 # The performance model, public for the synthetic MPI-INF-3DHP set (datasets/synthetic_3dhp.py).
@@ -315,13 +318,30 @@ _DOWN = np.array([0.0, 0.0, -1.0])
 _UP = np.array([0.0, 0.0, 1.0])
 
 
-def pose_joints(angles, bones, yaw):
+# Face points in the head's frame (x right, y forward, z up), mm from joint 9 (the nose) for
+# the average head: eyes above and beside the nose, ears on the sides of the skull behind them.
+# COCO's head keypoints; docs/method.md §1.5. With these, the head joint of
+# inference/keypoints.py's COCO -> H36M conversion lands within about 10 mm of joint 10.
+FACE_NAMES = ("nose", "left eye", "right eye", "left ear", "right ear")
+_FACE_OFFSETS_MM = np.array([[0.0, 0.0, 0.0], [-32.0, 0.0, 55.0], [32.0, 0.0, 55.0],
+                             [-72.0, -50.0, 48.0], [72.0, -50.0, 48.0]])
+
+
+def face_points(nose, head_rotation, bones):
+    """(5, 3) nose, left eye, right eye, left ear, right ear in mm, from the nose joint and the
+    head's rotation; the face scales with the subject's nose-to-head bone."""
+    scale = bones["nose_head"] / BONE_LENGTHS_MM["nose_head"]
+    return nose + (head_rotation @ (_FACE_OFFSETS_MM * scale).T).T
+
+
+def pose_joints(angles, bones, yaw, with_face=False):
     """Forward kinematics: joint angles -> (17, 3) joints in mm, pelvis at the origin, z up.
 
     Args:
         angles: (len(PARAMS),) degrees, in PARAMS order.
         bones: bone lengths in mm (see `subject_bones`).
         yaw: heading in radians (rotation of the body about the vertical axis).
+        with_face: also return the (5, 3) face points (`face_points`).
     """
     a = {name: angles[index] for name, index in _INDEX.items()}
     joints = np.zeros((NUM_JOINTS, 3))
@@ -351,6 +371,8 @@ def pose_joints(angles, bones, yaw):
         joints[elbow] = joints[shoulder] + upper @ _DOWN * bones["upper_arm"]
         fore = upper @ _rot_x(a[f"{side}_elbow"])
         joints[wrist] = joints[elbow] + fore @ _DOWN * bones["forearm"]
+    if with_face:
+        return joints, face_points(joints[9], head, bones)
     return joints
 
 
@@ -406,6 +428,11 @@ _COLOURS_BGR = np.zeros((NUM_JOINTS, 3))
 _COLOURS_BGR[:] = (90, 230, 90)  # trunk and head: green
 _COLOURS_BGR[list(RIGHT_JOINTS)] = (40, 120, 255)  # right: orange
 _COLOURS_BGR[list(LEFT_JOINTS)] = (255, 160, 40)  # left: blue
+# Face discs (nose, left eye, right eye, left ear, right ear; the nose is joint 9's disc): pale
+# eyes and full-colour ears, tinted by side like the limbs.
+_FACE_RADIUS_MM = np.array([0.0, 16.0, 16.0, 22.0, 22.0])
+_FACE_COLOURS_BGR = np.array([[0, 0, 0], [255, 225, 190], [190, 225, 255], [255, 160, 40],
+                              [40, 120, 255]], dtype=np.float64)
 _SHIFT = 4  # sub-pixel bits of cv2 drawing
 _ONE = 1 << _SHIFT
 
@@ -427,7 +454,7 @@ _SEGMENT_T0 = np.arange(_SEGMENTS_PER_BONE) / _SEGMENTS_PER_BONE
 _SEGMENT_T1 = (np.arange(_SEGMENTS_PER_BONE) + 1) / _SEGMENTS_PER_BONE
 
 
-def draw_skeleton(image, points, depth_m, pixels_per_mm):
+def draw_skeleton(image, points, depth_m, pixels_per_mm, face=None):
     """Draws the body onto `image` (in place), farthest parts first.
 
     Every bone is drawn as a few anti-aliased strokes whose width (perspective size times
@@ -439,6 +466,9 @@ def draw_skeleton(image, points, depth_m, pixels_per_mm):
         points: (17, 2) joint pixels in that canvas (integer pixel centres).
         depth_m: (17,) joint depth minus root depth, metres (camera z).
         pixels_per_mm: (17,) canvas pixels per millimetre at each joint (focal / depth [* zoom]).
+        face: optional (points (5, 2), depth_m (5,), pixels_per_mm (5,)) of the face points
+            (`FACE_NAMES`): the eyes and ears are drawn as small discs in the same depth order,
+            so they show on the side of the head that faces the camera.
     """
     points = np.asarray(points, dtype=np.float64)
     depth_m = np.asarray(depth_m, dtype=np.float64)
@@ -461,8 +491,17 @@ def draw_skeleton(image, points, depth_m, pixels_per_mm):
     radii = np.maximum(_ONE, np.rint(_JOINT_RADIUS_MM * pixels_per_mm * depth_thickness(depth_m)
                                      * _ONE)).astype(int)
     centres = _to_fixed(points)
+    discs = [(centres[j], radii[j], joint_colours[j]) for j in range(NUM_JOINTS)]
+    disc_depth = [depth_m - 1e-3]
+    if face is not None:
+        face_px, face_depth, face_ppm = (np.asarray(value, dtype=np.float64) for value in face)
+        face_radii = np.maximum(_ONE, np.rint(_FACE_RADIUS_MM * face_ppm
+                                              * depth_thickness(face_depth) * _ONE)).astype(int)
+        face_colours = _FACE_COLOURS_BGR * depth_brightness(face_depth)[:, None] / 0.6
+        discs += list(zip(_to_fixed(face_px), face_radii, face_colours))[1:]  # eyes and ears
+        disc_depth.append(face_depth[1:] - 2e-3)
     # draw order: farthest first; a joint's disc goes just above the strokes at its depth
-    order = np.argsort(-np.concatenate([segment_depth.ravel(), depth_m - 1e-3]), kind="stable")
+    order = np.argsort(-np.concatenate([segment_depth.ravel(), *disc_depth]), kind="stable")
     segments = segment_depth.size
     for item in order.tolist():
         if item < segments:
@@ -471,9 +510,9 @@ def draw_skeleton(image, points, depth_m, pixels_per_mm):
                      _colour(colours[bone, piece]), int(widths[bone, piece]), cv2.LINE_AA,
                      _SHIFT)
         else:
-            joint = item - segments
-            cv2.circle(image, tuple(centres[joint]), int(radii[joint]),
-                       _colour(joint_colours[joint]), -1, cv2.LINE_AA, _SHIFT)
+            centre, radius, colour = discs[item - segments]
+            cv2.circle(image, tuple(centre), int(radius), _colour(colour), -1, cv2.LINE_AA,
+                       _SHIFT)
 
 
 def _to_fixed(points):
@@ -517,7 +556,7 @@ def _frame_mask(shape):
     return _FRAME_MASKS[shape]
 
 
-def render_crop(background, matrix, points_px, depth_m, pixels_per_mm):
+def render_crop(background, matrix, points_px, depth_m, pixels_per_mm, face=None):
     """(256, 192, 3) uint8 BGR crop drawn directly in crop pixels.
 
     Args:
@@ -525,6 +564,8 @@ def render_crop(background, matrix, points_px, depth_m, pixels_per_mm):
         matrix: (2, 3) full-frame -> crop affine (`crop_affine`).
         points_px: (17, 2) joints in full-frame pixels; depth_m, pixels_per_mm as in
             `draw_skeleton` (pixels_per_mm in full-frame pixels; the zoom is applied here).
+        face: optional (points (5, 2) full-frame pixels, depth_m (5,), pixels_per_mm (5,)) of
+            the face points, as `draw_skeleton` takes them (in full-frame pixels here).
     Outside the full frame the crop is black, as a crop of the full frame would be.
     """
     size = (CROP_WIDTH, CROP_HEIGHT)
@@ -532,7 +573,9 @@ def render_crop(background, matrix, points_px, depth_m, pixels_per_mm):
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     plain = canvas.copy()
     zoom = matrix[0, 0]
-    draw_skeleton(canvas, apply_affine(points_px, matrix), depth_m, pixels_per_mm * zoom)
+    if face is not None:
+        face = (apply_affine(face[0], matrix), face[1], np.asarray(face[2]) * zoom)
+    draw_skeleton(canvas, apply_affine(points_px, matrix), depth_m, pixels_per_mm * zoom, face)
     height, width = background.shape[:2]
     corners = apply_affine([[-0.5, -0.5], [width - 0.5, height - 0.5]], matrix)
     if corners[0, 0] > 0 or corners[0, 1] > 0 or corners[1, 0] < CROP_WIDTH - 1 \
@@ -544,10 +587,10 @@ def render_crop(background, matrix, points_px, depth_m, pixels_per_mm):
     return canvas
 
 
-def render_full_frame(background, points_px, depth_m, pixels_per_mm):
+def render_full_frame(background, points_px, depth_m, pixels_per_mm, face=None):
     """(1002, 1000, 3) uint8 BGR full frame drawn in frame pixels."""
     canvas = background.copy()
-    draw_skeleton(canvas, points_px, depth_m, pixels_per_mm)
+    draw_skeleton(canvas, points_px, depth_m, pixels_per_mm, face)
     return canvas
 
 
@@ -598,7 +641,8 @@ def _allocate(seed, split_code, subjects, frames):
 
 
 def _split_entries(seed, split_code, subjects, frames, out_dir, full_frames, backgrounds):
-    entries = []
+    """(label entries, (N, 17, 2) COCO-17 crop pixels) of one split; writes its images."""
+    entries, coco = [], []
     sequences = {}
     for subject, action, subaction, camera_id, video_id, count, per_video in \
             _allocate(seed, split_code, subjects, frames):
@@ -616,24 +660,29 @@ def _split_entries(seed, split_code, subjects, frames, out_dir, full_frames, bac
         for index in range(count):
             # instants spread over the sequence, offset per camera
             image_id = 1 + int((index + (camera_id + 0.5) / 4.0) * nposes / count)
-            entry, points_px = _make_entry(seed, sequence, camera, camera_id, video_id,
-                                           image_id, nposes)
-            image = _render(entry, points_px, camera, background, full_frames)
+            entry, points_px, face = _make_entry(seed, sequence, camera, camera_id, video_id,
+                                                 image_id, nposes)
+            image = _render(entry, points_px, face, camera, background, full_frames)
+            coco.append(coco_joints(entry["joints_2d_gt_crop"], apply_affine(
+                face[0], crop_affine(entry["center"], entry["scale"]))))
             ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for {entry['image']}")
             with open(os.path.join(out_dir, "images", entry["image"]), "wb") as handle:
                 handle.write(encoded.tobytes())
             entries.append(entry)
-    return entries
+    return entries, np.array(coco, dtype=np.float32).reshape(-1, 17, 2)
 
 
 def _make_entry(seed, sequence, camera, camera_id, video_id, image_id, nposes):
     _, subject, action, subaction = sequence.key
-    joints_world = sequence.pose_at(image_id)
+    joints_world, face_world = sequence.pose_at(image_id, with_face=True)
     joints_cam = world_to_camera(joints_world, camera["R"], camera["T"])  # mm
+    face_cam = world_to_camera(face_world, camera["R"], camera["T"])
     intrinsics = (camera["fx"], camera["fy"], camera["cx"], camera["cy"])
     gt_px = project(joints_cam, *intrinsics, k=camera["k"], p=camera["p"])
+    face = camera_face(face_cam, joints_cam[0, 2], camera["fx"],
+                       project(face_cam, *intrinsics, k=camera["k"], p=camera["p"]))
     cpn_px = gt_px + _detection_noise(seed, (subject, action, subaction, camera_id), image_id)
     center, scale, box = box_from_root(joints_cam[0], *intrinsics)
     matrix = crop_affine(center, scale)
@@ -659,18 +708,37 @@ def _make_entry(seed, sequence, camera, camera_id, video_id, image_id, nposes):
         "source": "h36m",
         "nposes": int(nposes),
     }
-    return entry, gt_px
+    return entry, gt_px, face
 
 
-def _render(entry, points_px, camera, background, full_frames):
-    """The image of one entry: `points_px` (17, 2) are its ground-truth joints in frame pixels."""
+def camera_face(face_cam, root_depth_mm, focal, face_px):
+    """The `face` argument of `draw_skeleton` from the (5, 3) camera-frame face points (mm),
+    the root's depth (mm), the focal length (px) and the points' (5, 2) frame pixels."""
+    return face_px, (face_cam[:, 2] - root_depth_mm) / 1000.0, focal / face_cam[:, 2]
+
+
+def coco_joints(h36m_points, face_points_2d):
+    """(17, 2) COCO-17 joints (inference/keypoints.py's COCO_NAMES order) from the (17, 2) H36M
+    joints and the (5, 2) face points (nose, eyes, ears) in the same pixels."""
+    h36m_points = np.asarray(h36m_points, dtype=np.float64)
+    return np.concatenate([np.asarray(face_points_2d, dtype=np.float64),
+                           h36m_points[list(_COCO_BODY_FROM_H36M)]])
+
+
+def _render(entry, points_px, face, camera, background, full_frames):
+    """The image of one entry: `points_px` (17, 2) are its ground-truth joints in frame pixels,
+    `face` its face points (`camera_face`)."""
     joints_mm = entry["joints_3d"] * 1000.0
     depth_m = (joints_mm[:, 2] - joints_mm[0, 2]) / 1000.0
     pixels_per_mm = camera["fx"] / joints_mm[:, 2]
     if full_frames:
-        return render_full_frame(background, points_px, depth_m, pixels_per_mm)
+        return render_full_frame(background, points_px, depth_m, pixels_per_mm, face)
     return render_crop(background, crop_affine(entry["center"], entry["scale"]), points_px,
-                       depth_m, pixels_per_mm)
+                       depth_m, pixels_per_mm, face)
+
+
+# The H36M joint of every COCO body joint, COCO order from the left shoulder (index 5) on.
+_COCO_BODY_FROM_H36M = (11, 14, 12, 15, 13, 16, 4, 1, 5, 2, 6, 3)
 
 
 def write_pickle(entries, path):
@@ -729,10 +797,11 @@ def generate_synthetic(out_dir, train_frames, val_frames, seed, full_frames=Fals
     for split_code, (split, subjects, frames, file_name) in enumerate((
             ("train", TRAIN_SUBJECTS, train_frames, train_file),
             ("validation", VALIDATION_SUBJECTS, val_frames, val_file))):
-        entries = _split_entries(int(seed), split_code, subjects, int(frames), out_dir,
-                                 full_frames, backgrounds)
+        entries, coco = _split_entries(int(seed), split_code, subjects, int(frames), out_dir,
+                                       full_frames, backgrounds)
         path = os.path.join(out_dir, file_name)
         write_pickle(entries, path)
+        write_coco_file(path, [entry["image"] for entry in entries], coco)
         summary[f"{'train' if split == 'train' else 'val'}_frames"] = len(entries)
         summary[f"{'train' if split == 'train' else 'val'}_file"] = path
         if verbose:

@@ -33,8 +33,9 @@ from datasets.mpi_inf_3dhp_labels import (H36M_TO_MPI, SEQUENCE_INFO, TEST_FILE,
                                           TRAIN_FRAME_SIZE, VNECT_CAMERAS, test_image_name,
                                           train_image_name, train_sequence_name,
                                           write_label_file)
-from datasets.synthetic import (JPEG_QUALITY, Performance, make_background, prepare_output,
-                                render_crop)
+from datasets.coco_joints_file import write_coco_file
+from datasets.synthetic import (JPEG_QUALITY, Performance, camera_face, coco_joints,
+                                make_background, prepare_output, render_crop)
 from utils.skeleton import ACTION_IDS
 
 # The performances are drawn from their own random streams (not those of the H36M set).
@@ -96,14 +97,19 @@ def _background(seed, key, camera, frame_size):
     return cv2.resize(image, frame_size, interpolation=cv2.INTER_LINEAR)
 
 
-def _film(seed, performance, camera, frame_size, frames, background, image_names, out_dir):
+def _film(seed, performance, camera, frame_size, frames, background, image_names, out_dir,
+          coco):
     """The label arrays (3DHP joint order) of `frames` (1-based) of one unit, and their crops
-    written as JPEGs for the frames in `image_names` (frame -> relative path)."""
+    written as JPEGs for the frames in `image_names` (frame -> relative path), whose COCO-17
+    crop joints are appended to `coco` as (relative path, (17, 2))."""
     width, height = frame_size
     intrinsics = (camera["fx"], camera["fy"], camera["cx"], camera["cy"])
-    joints_mm = np.stack([world_to_camera(performance.pose_at(1 + (f - 1) * _FRAME_STRIDE),
-                                          camera["R"], camera["T"]) for f in frames])
+    posed = [performance.pose_at(1 + (f - 1) * _FRAME_STRIDE, with_face=True) for f in frames]
+    joints_mm = np.stack([world_to_camera(joints, camera["R"], camera["T"])
+                          for joints, _ in posed])
+    faces_mm = np.stack([world_to_camera(face, camera["R"], camera["T"]) for _, face in posed])
     pixels = project(joints_mm, *intrinsics)                                    # (T, 17, 2)
+    face_pixels = project(faces_mm, *intrinsics)                                # (T, 5, 2)
     centers, scales, _ = box_from_root(joints_mm[:, 0], *intrinsics)
     crops = np.stack([apply_affine(pixels[i], crop_affine(centers[i], scales[i]))
                       for i in range(len(frames))])
@@ -111,8 +117,11 @@ def _film(seed, performance, camera, frame_size, frames, background, image_names
         if frame not in image_names:
             continue
         depth_m = (joints_mm[i, :, 2] - joints_mm[i, 0, 2]) / 1000.0
-        image = render_crop(background, crop_affine(centers[i], scales[i]), pixels[i], depth_m,
-                            camera["fx"] / joints_mm[i, :, 2])
+        matrix = crop_affine(centers[i], scales[i])
+        face = camera_face(faces_mm[i], joints_mm[i, 0, 2], camera["fx"], face_pixels[i])
+        image = render_crop(background, matrix, pixels[i], depth_m,
+                            camera["fx"] / joints_mm[i, :, 2], face)
+        coco.append((image_names[frame], coco_joints(crops[i], apply_affine(face[0], matrix))))
         path = os.path.join(out_dir, "images", image_names[frame])
         os.makedirs(os.path.dirname(path), exist_ok=True)
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -138,7 +147,7 @@ def _spread(seed, split_code, units, frames):
     return dict(zip(units, counts.tolist()))
 
 
-def _train_layout(seed, frames, out_dir):
+def _train_layout(seed, frames, out_dir, coco):
     units = [(subject, sequence, camera) for subject, sequence in sorted(SEQUENCE_INFO)
              for camera in VNECT_CAMERAS]
     counts = _spread(seed, 0, units, frames)
@@ -154,7 +163,7 @@ def _train_layout(seed, frames, out_dir):
         numbers = list(range(1, count + 1))
         names = {f: train_image_name(subject, sequence, camera, f) for f in numbers}
         arrays = _film(seed, performance, rig, TRAIN_FRAME_SIZE, numbers,
-                       _background(seed, key, camera, TRAIN_FRAME_SIZE), names, out_dir)
+                       _background(seed, key, camera, TRAIN_FRAME_SIZE), names, out_dir, coco)
         name = train_sequence_name(subject, sequence)
         layout.setdefault(name, [{}, SEQUENCE_INFO[key][1]])[0][str(camera)] = arrays
     return layout
@@ -169,7 +178,7 @@ def _valid_flags(seed, name, valid_frames):
     return np.array(flags, dtype=np.uint8)
 
 
-def _test_layout(seed, frames, out_dir):
+def _test_layout(seed, frames, out_dir, coco):
     counts = _spread(seed, 1, list(TEST_SEQUENCES), frames)
     layout = {}
     for name in TEST_SEQUENCES:
@@ -185,7 +194,8 @@ def _test_layout(seed, frames, out_dir):
         performance = Performance(seed + _SEED_DOMAIN, body, action, 1)
         names = {f: test_image_name(name, f) for f, flag in zip(numbers, valid) if flag}
         arrays = _film(seed, performance, rig, frame_size, numbers,
-                       _background(seed, key, 8 if studio else None, frame_size), names, out_dir)
+                       _background(seed, key, 8 if studio else None, frame_size), names, out_dir,
+                       coco)
         arrays["valid"] = valid
         layout[name] = arrays
     return layout
@@ -211,11 +221,14 @@ def generate_synthetic_3dhp(out_dir, train_frames, val_frames, seed, train_file=
     """
     start = time.perf_counter()
     prepare_output(out_dir, train_frames, val_frames, seed)
-    train = _train_layout(int(seed), int(train_frames), out_dir)
-    test = _test_layout(int(seed), int(val_frames), out_dir)
+    coco = {"train": [], "test": []}
+    train = _train_layout(int(seed), int(train_frames), out_dir, coco["train"])
+    test = _test_layout(int(seed), int(val_frames), out_dir, coco["test"])
     paths = {"train": os.path.join(out_dir, train_file), "test": os.path.join(out_dir, test_file)}
     write_label_file(paths["train"], train)
     write_label_file(paths["test"], test)
+    for split, rows in coco.items():
+        write_coco_file(paths[split], [name for name, _ in rows], [joints for _, joints in rows])
     invalid = sum(int((1 - unit["valid"]).sum()) for unit in test.values())
     summary = {"train_frames": sum(len(unit["data_2d"]) for cameras, _ in train.values()
                                    for unit in cameras.values()),

@@ -69,8 +69,9 @@ def test_overrides_and_device_where_expected():
     with_device = {script for script, dests in takes.items() if "device" in dests}
     assert with_overrides == {
         "train.py", "tools/convert_published_checkpoint.py", "tools/export.py",
-        "tools/infer.py", "tools/visualize.py", "benchmarks/inference.py",
-        "benchmarks/pose_network.py", "benchmarks/roofline.py", "benchmarks/throughput.py"}
+        "tools/infer.py", "tools/pretrain_trunk.py", "tools/visualize.py",
+        "benchmarks/inference.py", "benchmarks/pose_network.py", "benchmarks/roofline.py",
+        "benchmarks/throughput.py"}
     assert with_device == {
         "tools/infer.py", "tools/visualize.py", "benchmarks/encoder.py",
         "benchmarks/inference.py", "benchmarks/pose_network.py", "benchmarks/text_path.py",

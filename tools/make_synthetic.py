@@ -20,7 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.registry import DATASET_MODULES, dataset_module  # noqa: E402
+from datasets import write_synthetic_set  # noqa: E402
+from datasets.registry import DATASET_MODULES  # noqa: E402
 from utils.atomic_files import name_output_flag  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.config import MAX_SEED  # noqa: E402
@@ -71,8 +72,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     name_output_flag("--out", args.out)
-    dataset_module(args.dataset).write_synthetic(args.out, args.train_frames, args.val_frames,
-                                                 args.seed, full_frames=args.full_frames)
+    write_synthetic_set(args.dataset, args.out, args.train_frames, args.val_frames, args.seed,
+                        full_frames=args.full_frames)
     return 0
 
 

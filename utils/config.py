@@ -79,6 +79,10 @@ NUMERIC_RANGES = {
     "data.synthetic.train_frames": Range(1, None),
     "data.synthetic.val_frames": Range(1, None),
     "data.synthetic.seed": Range(0, MAX_SEED),
+    "data.synthetic.trunk.epochs": Range(1, None),
+    "data.synthetic.trunk.batch_size": Range(1, None),
+    "data.synthetic.trunk.lr": Range(0, None, low_open=True),
+    "data.synthetic.trunk.sigma": Range(0, None, low_open=True),
     "model.image_encoder.width": Range(1, None),
     "model.text_encoder.prompt_tokens": Range(0, 75),  # 77 CLIP tokens hold SOT, prompts, EOT
     "model.text_encoder.width": Range(1, None),
