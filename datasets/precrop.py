@@ -1,6 +1,6 @@
 """Cutting 256x192 person crops out of full frames once, in parallel and resumably.
 
-Decoding a full 1000x1002 frame costs about 12 times as much as decoding its crop (docs/benchmarks.md), so
+Decoding a full 1000x1002 frame costs several times as much as decoding its crop (docs/benchmarks.md), so
 a training run that crops on the fly is held back by its DataLoader workers. `cut_crops` writes
 every crop once with the crop map of datasets/images.py (`write_crop_file`): each crop is
 written atomically, so a crop that exists is complete and a rerun skips it. Used by

@@ -11,8 +11,8 @@ again (existing crops are kept). Missing or unreadable frames are counted and na
 not fatal. Then train with data.image_dir pointing at OUT (relative to data.root, or absolute);
 data.image_mode auto recognises 256x192 crops.
 
-When to use it: full 1000x1002 frames decode about 12 times slower than crops (docs/benchmarks.md: about
-170 against 2,100 images/s per worker), so on a fast GPU a run that crops on the fly is limited
+When to use it: full 1000x1002 frames decode several times slower than crops (docs/benchmarks.md,
+"Input pipeline"), so on a fast GPU a run that crops on the fly is limited
 by its DataLoader; cropping once costs a few hours of CPU for the 2.1 M frames, saves that
 every epoch, and the crops take about a tenth of the space.
 """
