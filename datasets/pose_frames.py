@@ -12,6 +12,7 @@ from datasets.flip_draws import flip_decision
 from datasets.images import (crop_from_full_frame, is_crop_image, read_image, resize_image,
                              shown_image_path, unsafe_image_path)
 from utils.errors import MetaPoseError
+from utils.geometry import IMAGENET_MEAN
 from utils.skeleton import CROP_HEIGHT, CROP_WIDTH
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,14 @@ IMAGE_MODES = ("auto", "cropped", "full")
 KEYPOINT_SOURCES = ("cpn", "gt")
 _MAX_CONSECUTIVE_BAD = 100
 
+
+
+def blank_image(image_size):
+    """An (H, W, 3) uint8 image of the normalisation's mean colour (0 after normalisation): the
+    image of data.blank_images and of an unreadable validation frame. Black would be -2.1 after
+    normalisation, far outside what a frozen trunk met in training, and can blow its features up."""
+    colour = np.round(np.asarray(IMAGENET_MEAN) * 255.0).astype(np.uint8)
+    return np.broadcast_to(colour, tuple(image_size) + (3,)).copy()
 
 class _ConfigurationError(MetaPoseError):
     """Raised even with skip_bad_images: it concerns the configuration or the labels, not one
@@ -40,7 +49,7 @@ class PoseFrameDataset(torch.utils.data.Dataset):
 
     A sample is a dict:
         image            uint8 (3, H, W) RGB, H, W = image_size; not normalised, not flipped
-                         (all zeros with blank_images).
+                         (the mean colour with blank_images).
         keypoints_2d     float32 (17, 2) normalised screen coordinates (cpn or gt joints).
         keypoints_2d_crop float32 (17, 2) the same joints in 192x256 crop pixels.
         joints_3d        float32 (17, 3) root-relative camera-frame metres (joint 0 is zero).
@@ -64,7 +73,7 @@ class PoseFrameDataset(torch.utils.data.Dataset):
             image_size: (height, width) of the returned images.
             keypoints_2d: "cpn" (detected) or "gt" 2D joints.
             train: draw `flip` with `flip_prob` from (seed, epoch, index); eval never flips.
-            blank_images: return zero images without reading any file (ablation).
+            blank_images: return images of the mean colour without reading any file (ablation).
             skip_bad_images: frames whose image is missing are dropped now (counted in
                 `num_skipped`). An image that fails while loading (corrupt, truncated) is
                 replaced by the next good frame in training; in evaluation (train=False) the
@@ -208,13 +217,13 @@ class PoseFrameDataset(torch.utils.data.Dataset):
         """(position, image) for `position`: its own image, or with skip_bad_images the next
         good frame (training) or an all-zero image for the same frame (evaluation)."""
         if self.blank_images:
-            return position, np.zeros(self.image_size + (3,), dtype=np.uint8)
+            return position, blank_image(self.image_size)
         last_error = None
         for attempt in range(_MAX_CONSECUTIVE_BAD):
             candidate = (position + attempt) % len(self.frames)
             if candidate in self._bad_positions:
                 if not self.train:  # every validation frame counts once, with its own labels
-                    return position, np.zeros(self.image_size + (3,), dtype=np.uint8)
+                    return position, blank_image(self.image_size)
                 continue
             try:
                 return candidate, self._image(self.frames[candidate])
@@ -229,7 +238,7 @@ class PoseFrameDataset(torch.utils.data.Dataset):
                                "skipping" if self.train else "evaluating with a blank image",
                                candidate, self.source, self.num_skipped_while_loading, error)
                 if not self.train:  # every validation frame counts once, with its own labels
-                    return position, np.zeros(self.image_size + (3,), dtype=np.uint8)
+                    return position, blank_image(self.image_size)
         raise MetaPoseError(f"{_MAX_CONSECUTIVE_BAD} consecutive images of '{self.source}' from "
                             f"position {position} cannot be read under '{self.image_dir}' "
                             f"(last: {last_error}).")
