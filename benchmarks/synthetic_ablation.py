@@ -8,7 +8,7 @@ demo_corrected.yaml, experiments/mpi_inf_3dhp/synthetic_demo.yaml or synthetic_d
 with one factor changed at a time:
 
     images      the demo as it is (the frozen stage-1 trunk sees the synthetic crops)
-    blank       data.blank_images=true: all-zero images, the image pathway carries nothing
+    blank       data.blank_images=true: blank images, the image pathway carries nothing
     same_text   model.text_encoder.prompts=experiments/prompts/same_for_every_joint.yaml: all 17
                 joints read the same sentence (their own prompt tokens still tell them apart)
 
@@ -254,7 +254,7 @@ def markdown_page(results, summary, command, wall_s, planned, figure):
         f"{wall_s / 60:.0f} min in all (runs in parallel overlap).",
         "",
         "Each row is the quick-start demo with one factor changed: `images` the demo as it is "
-        "(a frozen stage-1 trunk trained on the synthetic crops), `blank` all-zero images "
+        "(a frozen stage-1 trunk trained on the synthetic crops), `blank` blank images "
         "(data.blank_images=true), `same_text` the same sentence for all 17 joints "
         "(experiments/prompts/same_for_every_joint.yaml; the per-joint prompt tokens remain). "
         "Mean ± standard deviation over training seeds (n = seeds finished); the synthetic set "
