@@ -50,14 +50,28 @@ def _config_settings(config):
                               data.val_file)
 
 
-def synthetic_set_problem(config):
+def synthetic_set_problem(config, label_file=None):
     """None when data.root holds the synthetic set that config.data.synthetic asks for (both
-    label files and a matching stamp); otherwise why it must be written (again)."""
+    label files and a matching stamp); otherwise why it must be written (again). With
+    `label_file` (the one split being built) only that file has to exist: a folder holding one
+    split's labels alone was made by hand and is left as it is."""
     data = config.data
-    for name in (data.train_file, data.val_file):
-        if file_problem(os.path.join(data.root, name)) == "does not exist":
-            return f"'{name}' does not exist"
-    return stamp_problem(os.path.join(data.root, SYNTHETIC_STAMP), _config_settings(config))
+    paths = [os.path.join(data.root, name) for name in (data.train_file, data.val_file)]
+    for path in [label_file] if label_file else paths:
+        if file_problem(path) == "does not exist":
+            return f"'{os.path.basename(path)}' does not exist"
+    if any(file_problem(path) == "does not exist" for path in paths):
+        return None
+    stamp = os.path.join(data.root, SYNTHETIC_STAMP)
+    if not os.path.lexists(stamp):  # label files made otherwise: used as they are, unless
+        # stage 1 needs the COCO-17 joints that sets written before the stamp existed lack
+        from datasets.coco_joints_file import coco_file_path
+
+        coco = coco_file_path(os.path.join(data.root, data.train_file))
+        if data.synthetic.trunk.enabled and not os.path.exists(coco):
+            return f"it has no stamp and no '{os.path.basename(coco)}' for stage 1"
+        return None
+    return stamp_problem(stamp, _config_settings(config))
 
 
 def _write_synthetic(config, module, reason):
@@ -106,7 +120,7 @@ def build_dataset(config, split, rank=0):
     train = split == "train"
     label_file = os.path.join(data.root, data.train_file if train else data.val_file)
     if data.synthetic.enabled and rank == 0:
-        reason = synthetic_set_problem(config)
+        reason = synthetic_set_problem(config, label_file)
         if reason is not None:
             _write_synthetic(config, module, reason)
     problem = file_problem(label_file)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets import SYNTHETIC_STAMP, build_dataset, synthetic_set_problem
-from datasets.coco_joints_file import read_coco_file
+from datasets.coco_joints_file import coco_file_path, read_coco_file
 from inference.keypoints import coco_to_h36m
 from models.hrnet import HRNet, build_image_encoder, load_keypoint_head, load_pretrained
 from models.trunk_pretraining import (crop_to_heatmap, gaussian_targets, heatmap_shape,
@@ -104,8 +104,15 @@ def test_synthetic_set_is_rewritten_when_its_stamp_is_stale(tmp_path):
                                         "data.synthetic.val_frames=3"))
     assert "train_frames" in synthetic_set_problem(more)
     assert len(build_dataset(more, "train")) == 8
-    os.remove(os.path.join(folder, SYNTHETIC_STAMP))  # a set written before stamps existed
-    assert "no stamp" in synthetic_set_problem(more)
+    os.remove(os.path.join(folder, SYNTHETIC_STAMP))  # label files made otherwise: kept
+    assert synthetic_set_problem(more) is None
+    with_trunk = load_config(TINY, _overrides(folder, "data.synthetic.train_frames=8",
+                                              "data.synthetic.val_frames=3",
+                                              "data.synthetic.trunk.enabled=true",
+                                              f"model.image_encoder.pretrained={folder}/t.pth"))
+    assert synthetic_set_problem(with_trunk) is None  # it has its COCO-17 joints
+    os.remove(coco_file_path(os.path.join(folder, "h36m_train.pkl")))  # a set from before stamps
+    assert "no stamp" in synthetic_set_problem(with_trunk)
 
 
 def test_coco_joints_agree_with_the_drawn_skeleton(trained):
