@@ -20,7 +20,9 @@ the model on its reference paths (`models.reference_paths`: the full 77-token te
 every forward pass, evaluation too, the per-level/head/point reference sampling, and the frozen
 HRNet's batch norms run as layers of their own). `--compare` runs the
 plain and then the fast configuration in one process (same seed, so the same weights) and adds
-the ratios and the largest difference between their predictions.
+the ratios, the largest difference between their predictions, and how far each lies from the
+same weights' float64 prediction on the CPU (first 4 samples): float32 rounding alone moves a
+prediction by ~1e-5 of its largest value, so two float32 paths can differ by twice that.
 
 `--data DIR` measures the real input pipeline instead: `build_train_loader` over the
 (synthetic or real) set in DIR, JPEG decoding in `--workers` processes, pinning, and
@@ -250,6 +252,32 @@ def build_for_benchmark(config, device, plain=False):
     optimizer = engine.build_optimizer(model.trainable_parameters(), config.train.lr,
                                        config.train.weight_decay, fused=not plain)
     return model, optimizer
+
+
+REFERENCE_SAMPLES = 4  # samples of the float64 reference prediction (--compare)
+
+
+def float64_prediction(config, batch, image_size, samples=REFERENCE_SAMPLES):
+    """The plain configuration's prediction in float64 on the CPU for the first `samples` of
+    the benchmark's batch (same seed, so the same weights as measure_model's models): the
+    truth that both configurations' float32 predictions are measured against."""
+    cpu = torch.device("cpu")
+    model, _ = build_for_benchmark(config, cpu, plain=True)
+    model = model.double().eval()
+    host = {name: value[:samples] for name, value in
+            random_host_batch(batch, image_size, pin=False).items() if name != "flip"}
+    inputs = {name: value.double() if value.is_floating_point() else value
+              for name, value in prepare_batch(host, cpu).items()}
+    with torch.no_grad(), plain_paths(model, True):
+        prediction = predict(model, inputs, flip_test=True)
+    del model
+    return prediction
+
+
+def relative_distance(prediction, reference):
+    """max |prediction - reference| / max |reference| (relative to the largest value)."""
+    scale = reference.abs().max().clamp_min(1e-12)
+    return float((prediction.double() - reference).abs().max() / scale)
 
 
 def measure_model(config, device, batch, steps, warmup, plain=False):
@@ -486,14 +514,17 @@ def main(argv=None):
         plain, plain_prediction = measure_model(plain_config, device, batch, steps, warmup,
                                                 plain=True)
         fast, fast_prediction = measure_model(config, device, batch, steps, warmup)
-        scale = plain_prediction.abs().max().clamp_min(1e-12)
         report.update(fast)
         report["plain"] = plain
         report.update(ratios(fast, plain))
         report["prediction_max_abs_diff_mm"] = float(
             (fast_prediction - plain_prediction).abs().max()) * 1000.0
-        report["prediction_max_rel_diff"] = float(
-            (fast_prediction - plain_prediction).abs().max() / scale)
+        report["prediction_max_rel_diff"] = relative_distance(fast_prediction, plain_prediction)
+        reference = float64_prediction(plain_config, batch, config.data.image_size)
+        count = len(reference)
+        report["prediction_rel_error_vs_float64"] = {
+            "fast": relative_distance(fast_prediction[:count], reference),
+            "plain": relative_distance(plain_prediction[:count], reference)}
     else:
         report.update(measure_model(config, device, batch, steps, warmup, args.plain)[0])
     report["load_average_end"] = load_average()
