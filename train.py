@@ -27,7 +27,7 @@ from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
 from utils.cli import UnderscoreAliasParser, add_overrides_argument, error_message, run_cli
 from utils.config import CHOICES, load_config
 from utils.cpu_threads import configure_cpu_threads
-from utils.errors import MetaPoseError
+from utils.errors import MetaPoseError, PeerLostError
 from utils.input_files import file_problem, shown_path
 from utils.launcher_watchdog import report_to_launcher, watch_launcher
 from utils.logger import NullWriter, build_tb_writer, close_logger, setup_logger
@@ -489,7 +489,7 @@ def _peer_stopped(error, context, timeout):
     first = first.split(". ", 1)[0]
     silent = silent_peers()
     who = f"; {', '.join(silent[:4])}" if silent else ""
-    return MetaPoseError(
+    return PeerLostError(
         f"process {context.rank} of {context.world_size} stopped because another process of "
         f"this run stopped, or did not answer within distributed.timeout={timeout:g} s "
         f"({first[:200]}{who}). The error printed by that process, or its machine, says why.")

@@ -5,6 +5,7 @@ tiny synthetic set (CPU); two machines simulated by two torchrun agents are in
 tests/test_train_cli.py."""
 
 import os
+import types
 import signal
 import subprocess
 import sys
@@ -245,3 +246,41 @@ def test_a_small_dev_shm_is_a_warning_with_the_size_needed(caplog):
                                           free=4 * 1024 ** 3) is None
     assert warn_if_shared_memory_is_short(0, (400,), (256, 192), free=0) is None
     assert warn_if_shared_memory_is_short(1, (1,), (8, 8), path="/nonexistent/shm") is None
+
+
+def test_a_lost_peer_ends_the_process_without_the_process_groups_destructors(monkeypatch, capsys):
+    """After a collective failed for want of a peer, the process group's C++ threads may still
+    wait on it: destroying them at interpreter exit can abort the process ("terminate called
+    without an active exception", status -6) or hang. The error is printed, then the process
+    leaves at once with status 2 (logs and checkpoints are closed before, in train.py)."""
+    import train
+    from utils import cli
+    from utils import distributed as dist_utils
+    from utils.errors import MetaPoseError
+
+    monkeypatch.setattr(dist_utils, "lost_peer", lambda error: True)
+    context = types.SimpleNamespace(rank=0, world_size=2)
+    error = train._peer_stopped(RuntimeError("Timed out waiting 6000ms for recv operation to "
+                                             "complete"), context, 6)
+    assert isinstance(error, MetaPoseError)
+
+    exits = []
+
+    def leave(status):
+        exits.append(status)
+        raise SystemExit(status)
+
+    def main(argv):
+        raise error
+
+    monkeypatch.setattr(cli.os, "_exit", leave)
+    with pytest.raises(SystemExit):
+        cli.run_cli(main, [])
+    assert exits == [2]
+    assert "distributed.timeout=6 s" in capsys.readouterr().err
+
+    exits.clear()  # any other error exits the usual way (sys.exit)
+    monkeypatch.setattr(train, "_main", lambda argv: (_ for _ in ()).throw(MetaPoseError("x")))
+    with pytest.raises(SystemExit) as stopped:
+        cli.run_cli(train.main, [])
+    assert exits == [] and stopped.value.code == 2

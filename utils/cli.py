@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from utils.errors import MetaPoseError
+from utils.errors import MetaPoseError, PeerLostError
 
 # How a DataLoader worker's exception reaches the main process: re-raised with the same type and,
 # as its message, the worker's whole traceback text (torch.utils.data._utils.ExceptionWrapper).
@@ -43,13 +43,17 @@ def run_cli(main, argv=None):
 
     A MetaPoseError is printed to stderr as one paragraph, `error: <message>` (`error: [rank R]
     <message>` in a multi-process run), without a traceback — also when it was raised in a
-    DataLoader worker — and the process exits with status 2; Ctrl-C exits with status 130. Any
+    DataLoader worker — and the process exits with status 2 (at once, without Python's exit
+    handlers, after a PeerLostError: see utils/errors.py); Ctrl-C exits with status 130. Any
     other exception is a bug and keeps its traceback.
     """
     try:
         status = main(argv)
     except MetaPoseError as error:
         print(f"error: {_rank_prefix()}{error_message(error)}", file=sys.stderr, flush=True)
+        if isinstance(error, PeerLostError):
+            sys.stdout.flush()
+            os._exit(2)
         sys.exit(2)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr, flush=True)
