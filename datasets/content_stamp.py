@@ -27,13 +27,9 @@ def stamp_problem(path, expected, notes=()):
     decide staleness); otherwise a short reason ("it has no stamp", "its stamp has ...")."""
     if not os.path.isfile(path):
         return "it has no stamp"
-    try:
-        with open(path, encoding="utf-8") as stream:
-            found = json.load(stream)
-    except (OSError, ValueError):
-        return "its stamp is unreadable"
-    if not isinstance(found, dict):
-        return "its stamp is not a JSON object"
+    found = read_stamp(path)
+    if found is None:
+        return "its stamp is unreadable or not a JSON object"
     normal = json.loads(json.dumps(expected))
     for key in sorted((set(normal) | set(found)) - set(notes)):
         if found.get(key) != normal.get(key):

@@ -25,7 +25,8 @@ from datasets import SYNTHETIC_STAMP, build_dataset
 from datasets.coco_joints_file import coco_file_path, read_coco_file
 from datasets.content_stamp import read_stamp, stamp_problem, write_stamp
 from inference.heatmaps import decode_heatmaps
-from models.hrnet import COCO_JOINTS, HRNet, KEYPOINT_HEAD_PREFIX, build_keypoint_head
+from models.hrnet import (COCO_JOINTS, HRNET_TYPES, KEYPOINT_HEAD_PREFIX, HRNet,
+                          build_keypoint_head)
 from utils.atomic_files import atomic_write
 from utils.errors import MetaPoseError
 from utils.geometry import normalize_images
@@ -57,8 +58,6 @@ def trunk_settings(config):
 
 
 def _width(config):
-    from models.hrnet import HRNET_TYPES
-
     image = config.model.image_encoder
     return int(image.width) if image.width is not None else HRNET_TYPES[image.type]
 

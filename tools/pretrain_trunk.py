@@ -44,7 +44,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    from models.trunk_pretraining import pretrain_trunk, trunk_problem
+    from models.trunk_pretraining import ensure_trunk, pretrain_trunk, trunk_problem
     from utils.config import load_config
     from utils.logger import setup_logger
     from datasets import build_dataset
@@ -59,9 +59,7 @@ def main(argv=None):
         build_dataset(config, "train")  # writes the synthetic set when it is missing or stale
     reason = trunk_problem(config)
     if reason is None and not args.force:
-        from models.trunk_pretraining import ensure_trunk
-
-        ensure_trunk(config)
+        ensure_trunk(config)  # logs the accuracy recorded with the current file
         return 0
     accuracy = pretrain_trunk(config)
     print(" ".join(f"{key}={value:.4g}" for key, value in accuracy.items()), flush=True)
