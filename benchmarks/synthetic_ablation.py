@@ -255,7 +255,8 @@ def markdown_page(results, summary, command, wall_s, planned, figure):
         "",
         "Each row is the quick-start demo with one factor changed: `images` the demo as it is "
         "(a frozen stage-1 trunk trained on the synthetic crops), `blank` blank images "
-        "(data.blank_images=true), `same_text` the same sentence for all 17 joints "
+        "(data.blank_images=true: every image the normalisation's mean colour), `same_text` "
+        "the same sentence for all 17 joints "
         "(experiments/prompts/same_for_every_joint.yaml; the per-joint prompt tokens remain). "
         "Mean ± standard deviation over training seeds (n = seeds finished); the synthetic set "
         "and the stage-1 trunk are shared by all seeds.",
