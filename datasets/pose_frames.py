@@ -22,13 +22,13 @@ KEYPOINT_SOURCES = ("cpn", "gt")
 _MAX_CONSECUTIVE_BAD = 100
 
 
-
 def blank_image(image_size):
     """An (H, W, 3) uint8 image of the normalisation's mean colour (0 after normalisation): the
     image of data.blank_images and of an unreadable validation frame. Black would be -2.1 after
     normalisation, far outside what a frozen trunk met in training, and can blow its features up."""
     colour = np.round(np.asarray(IMAGENET_MEAN) * 255.0).astype(np.uint8)
     return np.broadcast_to(colour, tuple(image_size) + (3,)).copy()
+
 
 class _ConfigurationError(MetaPoseError):
     """Raised even with skip_bad_images: it concerns the configuration or the labels, not one
@@ -77,7 +77,7 @@ class PoseFrameDataset(torch.utils.data.Dataset):
             skip_bad_images: frames whose image is missing are dropped now (counted in
                 `num_skipped`). An image that fails while loading (corrupt, truncated) is
                 replaced by the next good frame in training; in evaluation (train=False) the
-                frame keeps its own labels and gets an all-zero image, so that every
+                frame keeps its own labels and gets a blank image, so that every
                 validation frame is counted exactly once (counted in
                 `num_skipped_while_loading`). False raises instead.
             source: the label file, for messages.
@@ -136,7 +136,7 @@ class PoseFrameDataset(torch.utils.data.Dataset):
 
     def _drop_missing_images(self):
         """skip_bad_images: training drops the frames whose image is missing; evaluation keeps
-        them (all-zero images at load time) so that every validation frame counts once."""
+        them (blank images at load time) so that every validation frame counts once."""
         exists = np.fromiter((os.path.isfile(self.image_path(f)) for f in self.frames),
                              dtype=bool, count=len(self.frames))
         self.num_skipped = int((~exists).sum())
@@ -154,7 +154,8 @@ class PoseFrameDataset(torch.utils.data.Dataset):
             self.frames = self.frames[exists]
         else:
             logger.warning("%d of %d frames of '%s' have no image (first: '%s'); they are "
-                           "evaluated with all-zero images so that every frame counts once",
+                           "evaluated with blank images of the mean colour so that every frame "
+                           "counts once",
                            self.num_skipped, len(self.frames), self.source, first)
             self._bad_positions.update(np.flatnonzero(~exists).tolist())
 
@@ -215,7 +216,7 @@ class PoseFrameDataset(torch.utils.data.Dataset):
 
     def _load(self, position):
         """(position, image) for `position`: its own image, or with skip_bad_images the next
-        good frame (training) or an all-zero image for the same frame (evaluation)."""
+        good frame (training) or a blank image (`blank_image`) for the same frame (evaluation)."""
         if self.blank_images:
             return position, blank_image(self.image_size)
         last_error = None

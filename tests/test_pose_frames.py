@@ -248,6 +248,7 @@ def test_bad_images_in_evaluation_count_every_frame_once(tiny_h36m_dir, caplog):
     assert torch.equal(images_out[1], blank) and torch.equal(images_out[3], blank)
     assert int(images_out[0].abs().sum()) > 0
     assert dataset.num_skipped == 1 and "counts once" in caplog.text
+    assert "blank images of the mean colour" in caplog.text  # what they are given, in words
 
 
 def test_image_errors_and_mode_mismatch(tmp_path, tiny_h36m_dir):
