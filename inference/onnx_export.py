@@ -23,7 +23,7 @@ from torch import nn
 
 from inference.loading import TextFeatureTable, resolve_action
 from models.flip_test import predict
-from utils.atomic_files import atomic_write_bytes, write_failure_reason
+from utils.atomic_files import atomic_write_bytes, cannot_write
 from utils.errors import MetaPoseError
 
 MIN_OPSET = 16  # grid_sample
@@ -123,8 +123,7 @@ def export_onnx(loaded, out_path, action=None, flip_test=False, opset=DEFAULT_OP
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as error:
-        raise MetaPoseError(f"cannot write '{out_path}' ({write_failure_reason(out_path, error)}); pass a "
-                            "writable --out.") from None
+        raise cannot_write(out_path, error, "pass a writable --out.") from None
     # the graph stays in memory until onnxruntime has checked it; then one atomic write
     exported = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

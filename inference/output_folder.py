@@ -76,8 +76,9 @@ class OutputFolder:
                 json.dump(holder_record(), handle)
         except OSError as error:
             self._cleanup()
+            reason = write_failure_reason(self.out_dir, error)
             raise MetaPoseError(f"cannot write into the output folder '{shown_path(self.out_dir)}'"
-                                f" ({write_failure_reason(self.out_dir, error)}); pass a writable --out.") from None
+                                f" ({reason}); pass a writable --out.") from None
         except BaseException:
             self._cleanup()
             raise

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.checkpoint import (file_sha256, load_checkpoint, load_model_state,  # noqa: E402
                               load_model_weights, save_checkpoint)
-from utils.atomic_files import name_output_flag, write_failure_reason  # noqa: E402
+from utils.atomic_files import cannot_write, name_output_flag  # noqa: E402
 from utils.cli import add_overrides_argument, run_cli  # noqa: E402
 from utils.config import CHOICES, load_config  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
@@ -101,8 +101,7 @@ def main(argv=None):
     try:
         save_checkpoint(converted, args.out)
     except OSError as error:
-        raise MetaPoseError(f"cannot write '{args.out}' ({write_failure_reason(args.out, error)}); pass a "
-                            "writable path with --out.") from None
+        raise cannot_write(args.out, error) from None
     print(f"{info.summary()}")
     print(f"wrote {args.out} ({len(state)} tensors, {model_cfg.image_encoder.type} / "
           f"{model_cfg.text_encoder.type}); use it with train.py --eval --checkpoint {args.out}")

@@ -23,8 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models.prompts import ACTION_NAME_ORDER, load_prompts, parse_prompts  # noqa: E402
-from utils.atomic_files import (atomic_write_text, name_output_flag,  # noqa: E402
-                                write_failure_reason)
+from utils.atomic_files import atomic_write_text, cannot_write, name_output_flag  # noqa: E402
 from utils.checkpoint import file_sha256  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
@@ -171,8 +170,7 @@ def main(argv=None):
     try:
         atomic_write_text(args.out, header + prompts.to_yaml())
     except OSError as error:
-        raise MetaPoseError(f"cannot write '{args.out}' ({write_failure_reason(args.out, error)}); pass a "
-                            "writable path with --out.") from None
+        raise cannot_write(args.out, error) from None
     load_prompts(args.out)  # what was written reads back
     print(f"wrote {args.out}: template, {NUM_JOINTS} joints and body parts, "
           f"{len(ACTION_NAME_ORDER)} action descriptions from {args.train_py}")

@@ -21,7 +21,7 @@ from torch.utils.data import default_collate  # noqa: E402
 
 from utils.checkpoint import load_checkpoint, load_model_state, load_model_weights  # noqa: E402
 from inference.loading import config_for_checkpoint  # noqa: E402
-from utils.atomic_files import name_output_flag, write_failure_reason  # noqa: E402
+from utils.atomic_files import cannot_write, name_output_flag  # noqa: E402
 from utils.cli import (add_device_argument, add_overrides_argument, positive_int,  # noqa: E402
                        resolve_device, run_cli)
 from utils.errors import MetaPoseError  # noqa: E402
@@ -97,8 +97,7 @@ def main(argv=None):
     try:
         save_samples_png(args.out, drawings)
     except OSError as error:
-        raise MetaPoseError(f"cannot write '{args.out}' ({write_failure_reason(args.out, error)}); "
-                            "pass a writable path with --out.") from None
+        raise cannot_write(args.out, error) from None
     print(f"wrote {len(drawings)} frames to {args.out}")
     return 0
 

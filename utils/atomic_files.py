@@ -117,17 +117,24 @@ def _file_in_the_way(path):
     return None if os.path.isdir(parent) else parent
 
 
-def write_failure_reason(path, error):
-    """Why writing `path` failed, in words: the file that stands where a folder is needed, else
-    the OS's own reason for `error` (an OSError)."""
-    blocker = _file_in_the_way(path)
+def write_failure_reason(path, error, blocker=None):
+    """Why writing `path` failed, in words: the file that stands where a folder is needed
+    (`blocker`, found when not given), else the OS's own reason for `error` (an OSError)."""
+    blocker = blocker or _file_in_the_way(path)
     if blocker is not None:
         return f"'{shown_path(blocker)}' is a file, not a folder, so nothing can be written inside it"
     return error.strerror or str(error)
 
 
+def cannot_write(path, error, remedy="pass a writable path with --out."):
+    """The MetaPoseError of a tool whose write of `path` failed with the OSError `error`: what
+    failed, why in words (`write_failure_reason`), then `remedy`."""
+    return MetaPoseError(f"cannot write '{path}' ({write_failure_reason(path, error)}); {remedy}")
+
+
 def _write_error(path, error):
-    reason = write_failure_reason(path, error)
+    blocker = _file_in_the_way(path)
+    reason = write_failure_reason(path, error, blocker)
     kept = (f"the previous '{os.path.basename(path)}' is intact" if os.path.exists(path)
             else "nothing was overwritten")
     flag = output_flag(path)
@@ -138,7 +145,7 @@ def _write_error(path, error):
             f"was removed. Free some space (or {elsewhere}), then run again; a training run "
             "continues from its last checkpoint with --resume.")
     elsewhere = f"pass another {flag}" if flag else "write to another folder"
-    check = ("Move that file away" if _file_in_the_way(path) is not None
+    check = ("Move that file away" if blocker is not None
              else "Check the permissions and the file system of that folder")
     return MetaPoseError(f"cannot write '{path}' ({reason}); {kept}. {check} (or {elsewhere}).")
 
