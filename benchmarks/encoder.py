@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.throughput import describe_device, load_average, synchronize  # noqa: E402
+from benchmarks.throughput import (describe_device, load_average, relative_distance,  # noqa: E402
+                                   synchronize)
 from models.hrnet import HRNET_TYPES, HRNet  # noqa: E402
 from utils.cli import add_device_argument, positive_int, resolve_device, run_cli  # noqa: E402
 from utils.errors import MetaPoseError  # noqa: E402
@@ -88,11 +89,6 @@ def seconds_per_call(encoder, images, amp, steps, warmup):
     return (time.perf_counter() - start) / steps, (time.process_time() - cpu_start) / steps
 
 
-def largest_relative_difference(maps, reference):
-    return max(float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30))
-               for a, b in zip(maps, reference))
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
@@ -119,7 +115,8 @@ def main(argv=None):
         reference = encoder(images)
         encoder.fold_batch_norm = True
         folded_maps = encoder(images)
-    report["max_rel_diff"] = largest_relative_difference(folded_maps, reference)
+    report["max_rel_diff"] = max(relative_distance(folded, plain)
+                                 for folded, plain in zip(folded_maps, reference))
     del reference, folded_maps
     encoder.fold_batch_norm = False
     plain, plain_cpu = seconds_per_call(encoder, images, args.amp, steps, warmup)

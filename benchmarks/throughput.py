@@ -275,8 +275,10 @@ def float64_prediction(config, batch, image_size, samples=REFERENCE_SAMPLES):
 
 
 def relative_distance(prediction, reference):
-    """max |prediction - reference| / max |reference| (relative to the largest value)."""
-    scale = reference.abs().max().clamp_min(1e-12)
+    """max |prediction - reference| / max |reference| (relative to the largest value), computed
+    in float64."""
+    reference = reference.double()
+    scale = reference.abs().max().clamp_min(1e-30)
     return float((prediction.double() - reference).abs().max() / scale)
 
 
